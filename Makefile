@@ -1,0 +1,42 @@
+# Every target sets itself up: a fresh machine needs only python3 (3.10+) and make.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+JOBS   ?= 4
+
+.PHONY: install test lint demo bench bench-full clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make test: set up and run the whole test suite (what CI runs)
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## make lint: ruff on everything, mypy --strict on the package
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pcopy tests benchmarks
+	$(VENV)/bin/mypy
+
+## make demo: set up, generate a sample tree (a few thousand small files and some large ones),
+## copy it with `pcopy SRC DST -j $(JOBS)` and a progress bar, then check the copy
+demo: $(STAMP)
+	$(PY) benchmarks/sample_tree.py demo/src
+	rm -rf demo/dst
+	$(VENV)/bin/pcopy demo/src demo/dst -j $(JOBS) --progress
+	$(PY) benchmarks/sample_tree.py --compare demo/src demo/dst
+
+## make bench: the quick benchmark suite (a few minutes); make bench-full: every workload
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py --quick
+
+bench-full: $(STAMP)
+	$(PY) benchmarks/bench.py --full
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

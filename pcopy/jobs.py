@@ -1,0 +1,94 @@
+"""Plain, picklable records that cross the process boundary: tasks, jobs and their results.
+
+Nothing here refers to multiprocessing, so the same jobs can later run on another engine
+(a cluster pool with the same apply_async API) unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Kind(str, Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    FIFO = "fifo"
+    DEVICE = "device"
+    SOCKET = "socket"
+
+
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    """What a worker needs to know about how to copy; a subset of Config."""
+
+    use_fast_paths: bool = True  # False: the plain read/write loop only
+    buffer_bytes: int = 1024 * 1024
+    preserve_owner: bool = False  # chown only works (and is wanted) when running as root
+    dereference: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EntryTask:
+    """One non-directory entry to copy: a file, symlink, FIFO, device node or socket."""
+
+    src: str
+    dst: str
+    kind: Kind
+    size: int
+    mode: int  # full st_mode of the source
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    rdev: int = 0
+    sparse: bool = False
+    # False when the parent created the destination directory in this run: nothing can be there,
+    # so the worker skips the quick check (saves one lstat per file on a fresh copy).
+    check_dst: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """Many small entries copied one after another by one worker."""
+
+    job_id: int
+    tasks: tuple[EntryTask, ...]
+    options: CopyOptions
+
+
+@dataclass(frozen=True, slots=True)
+class RangeJob:
+    """Bytes [offset, offset + length) of a large file, written into its pre-sized temporary file."""
+
+    job_id: int
+    file_id: int
+    src: str
+    tmp: str
+    offset: int
+    length: int
+    sparse: bool
+    options: CopyOptions
+
+
+Job = BatchJob | RangeJob
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFailure:
+    """An entry that could not be copied. errno is None when the failure has no OS error number."""
+
+    path: str
+    errno: int | None
+    message: str
+
+
+@dataclass(slots=True)
+class JobResult:
+    job_id: int
+    files: int = 0  # entries copied (files, symlinks, special files)
+    bytes: int = 0
+    skipped: int = 0  # up-to-date entries left alone (quick check)
+    skipped_bytes: int = 0
+    failures: list[CopyFailure] = field(default_factory=list)

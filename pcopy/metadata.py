@@ -1,0 +1,94 @@
+"""Metadata and special files: ownership, mode, times, temporary names, FIFOs and device nodes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+
+from pcopy.jobs import EntryTask, Kind
+
+# Temporary files are hidden, next to their final name, and recognisable so a later run can
+# remove leftovers of a killed one: ".NAME.pcopy-XXXXXXXX".
+TEMP_MARKER = ".pcopy-"
+# Longest name most file systems accept (NAME_MAX); a temporary name must fit in it too.
+NAME_MAX_BYTES = 255
+_TEMP_SUFFIX_BYTES = len(TEMP_MARKER) + 8 + 1  # marker, 8 hex digits, the leading dot
+
+O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+_UTIME_FOLLOWS = os.utime in os.supports_follow_symlinks
+_UTIME_FD = os.utime in os.supports_fd
+_CHMOD_FD = os.chmod in os.supports_fd
+_HAS_CHOWN = hasattr(os, "chown")
+
+
+def temp_path(dst: str) -> str:
+    """A fresh hidden name in dst's directory; long names are cut so it fits in NAME_MAX."""
+    head, name = os.path.split(dst)
+    raw = os.fsencode(name)[: NAME_MAX_BYTES - _TEMP_SUFFIX_BYTES]
+    temp = b"." + raw + os.fsencode(TEMP_MARKER) + secrets.token_hex(4).encode()
+    return os.path.join(head, os.fsdecode(temp))
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
+
+
+def create_temp(dst: str, mode: int) -> tuple[int, str]:
+    """Create and open a new temporary file for dst; never follows or reuses an existing entry."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY | O_NOFOLLOW | O_CLOEXEC
+    while True:
+        path = temp_path(dst)
+        try:
+            return os.open(path, flags, mode), path
+        except FileExistsError:  # 2**32 names: a clash is a leftover, try another name
+            continue
+
+
+def temp_mode(mode: int, shared_writes: bool) -> int:
+    """Permissions of a temporary file while it is written: the final bits for the owner only,
+    so no one else can read it before it is complete. A file written by several processes
+    (byte ranges) must be reopenable for writing by its owner, hence S_IWUSR there."""
+    bits = stat.S_IMODE(mode) & stat.S_IRWXU
+    return bits | stat.S_IWUSR if shared_writes else bits
+
+
+def apply_metadata(path: str, task: EntryTask, preserve_owner: bool, fd: int | None = None) -> None:
+    """Ownership, then mode (chown clears set-id bits), then times. Symlinks: owner and times."""
+    is_link = task.kind is Kind.SYMLINK
+    if preserve_owner and _HAS_CHOWN:
+        if fd is not None:
+            os.fchown(fd, task.uid, task.gid)
+        else:
+            os.chown(path, task.uid, task.gid, follow_symlinks=False)
+    if not is_link:
+        if fd is not None and _CHMOD_FD:
+            os.chmod(fd, stat.S_IMODE(task.mode))
+        else:
+            os.chmod(path, stat.S_IMODE(task.mode))
+    times = (task.atime_ns, task.mtime_ns)
+    if fd is not None and _UTIME_FD:
+        os.utime(fd, ns=times)
+    elif not is_link:
+        os.utime(path, ns=times)
+    elif _UTIME_FOLLOWS:
+        os.utime(path, ns=times, follow_symlinks=False)
+
+
+def make_special(task: EntryTask, path: str) -> None:
+    """Create a symlink, FIFO, device node or socket node at path (never opening the source)."""
+    private = stat.S_IMODE(task.mode) & stat.S_IRWXU
+    if task.kind is Kind.SYMLINK:
+        os.symlink(os.readlink(task.src), path)
+    elif task.kind is Kind.FIFO:
+        os.mkfifo(path, private)
+    elif task.kind is Kind.DEVICE:
+        os.mknod(path, stat.S_IFMT(task.mode) | private, task.rdev)
+    elif task.kind is Kind.SOCKET:
+        # A socket node carries no data; recreate the node (as cp -a does), never connect to it.
+        os.mknod(path, stat.S_IFSOCK | private)
+    else:
+        raise ValueError(f"not a special file kind: {task.kind}")

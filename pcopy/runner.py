@@ -1,0 +1,467 @@
+"""run_copy: the one owner of processes. Data flow:
+
+    walk_tree(src) ──entries──▶ parent: make directories (private 0700 until the end)
+                                 Planner ──BatchJob / SplitFile──▶ executor.submit
+    executor: a multiprocessing.Pool (apply_async, at most MAX_IN_FLIGHT_PER_WORKER * jobs
+              outstanding) or, for -j 1 and trees too small to pay for a pool, the parent itself.
+    workers: run_job(job) -> JobResult ──callback──▶ results queue ──▶ parent: counts, failures,
+              and the last range of a split file renames it into place
+    workers ──(bytes, files)──▶ Manager().Queue ──▶ parent ──▶ ProgressSink (tqdm), only when a
+              display listens
+    end: hard links, then directory metadata bottom-up, then the CopyReport.
+
+The parent does the order-sensitive work (directories before their files, pre-sizing a split file,
+its metadata and rename after its last range, directory metadata after contents); workers only
+copy. Signals: SIGINT/SIGTERM stop the walk, terminate the pool (workers remove the temporary file
+they were writing), the parent removes the temporary files it made, and CopyInterruptedError
+carries 130/143 up to the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from pcopy.config import Config
+from pcopy.errors import CopyInterruptedError
+from pcopy.fastcopy import data_segments
+from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, Job, JobResult, Kind, RangeJob
+from pcopy.metadata import apply_metadata, create_temp, temp_mode, temp_path
+from pcopy.plan import HardLink, Planner, SplitFile, dst_path, options_for, split_ranges
+from pcopy.progress import NullProgress, ProgressSink
+from pcopy.report import CopyReport
+from pcopy.target import Target
+from pcopy.walk import Entry, make_entry, walk_tree
+from pcopy.worker import ChangedError, init_worker, run_job, up_to_date
+
+# Jobs outstanding per worker: enough that a worker never waits for the parent to hand it the
+# next job, few enough that memory stays flat (a batch job is ~256 small records).
+MAX_IN_FLIGHT_PER_WORKER = 4
+
+# A pool only pays for itself when there is more than one job's worth of work: below this the
+# parent copies alone and a tiny tree costs no process start-up at all.
+POOL_THRESHOLD_JOBS = 2
+
+
+def default_start_method() -> str:
+    """fork where it is safe and cheapest (Linux: no re-import in workers, ~1 ms per worker);
+    spawn elsewhere (macOS' system libraries are not fork-safe; Windows has only spawn)."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def _failure(path: str, exc: OSError | ChangedError) -> CopyFailure:
+    if isinstance(exc, OSError):
+        return CopyFailure(path, exc.errno, exc.strerror or str(exc))
+    return CopyFailure(path, None, str(exc))
+
+
+@dataclass
+class _SplitState:
+    task: EntryTask
+    tmp: str
+    remaining: int
+    failures: list[CopyFailure] = field(default_factory=list)
+
+
+class _Executor:
+    """Runs jobs inline at first and starts a Pool once there is enough work to share."""
+
+    def __init__(self, config: Config, want_progress: bool, on_result: Callable[[JobResult], None],
+                 on_progress: Callable[[int, int], None]) -> None:
+        self.config = config
+        self.want_progress = want_progress
+        self.on_result = on_result
+        self.on_progress = on_progress
+        self.results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
+        self.progress_queue: Any = None
+        self.pool: Any = None
+        self.manager: Any = None
+        self.held: list[Job] = []
+        self.in_flight = 0
+        self.max_in_flight = MAX_IN_FLIGHT_PER_WORKER * config.jobs
+        self.inline_progress: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+
+    # -- submission -------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        if self.pool is None:
+            if self.config.jobs == 1:
+                self._run_inline(job)
+                return
+            self.held.append(job)
+            if len(self.held) < POOL_THRESHOLD_JOBS:
+                return
+            self._start_pool()
+            held, self.held = self.held, []
+            for waiting in held:
+                self._apply(waiting)
+            return
+        self._apply(job)
+
+    def _run_inline(self, job: Job) -> None:
+        result = run_job(job, self.inline_progress if self.want_progress else None)
+        self._drain_progress()
+        self.on_result(result)
+
+    def _apply(self, job: Job) -> None:
+        while self.in_flight >= self.max_in_flight:
+            self.wait(block=True)
+        self.pool.apply_async(run_job, (job,), callback=self.results.put,
+                              error_callback=lambda exc, job=job: self.results.put(_lost(job, exc)))
+        self.in_flight += 1
+        self.wait(block=False)
+
+    def _start_pool(self) -> None:
+        import multiprocessing
+        from multiprocessing.managers import SyncManager
+
+        ctx = multiprocessing.get_context(self.config.start_method or default_start_method())
+        if self.want_progress:
+            # Started only when someone watches progress: a Manager is one more process (~50 ms).
+            self.manager = SyncManager(ctx=ctx)
+            self.manager.start(_ignore_sigint)
+            self.progress_queue = self.manager.Queue()
+        self.pool = ctx.Pool(self.config.jobs, initializer=init_worker, initargs=(self.progress_queue,))
+
+    # -- results ------------------------------------------------------------------------------
+    def wait(self, block: bool) -> None:
+        """Handle finished jobs; with block, wait (in short slices, so signals and progress are
+        served) until at least one finished."""
+        while True:
+            self._drain_progress()
+            try:
+                result = self.results.get(timeout=0.1) if block else self.results.get_nowait()
+            except queue.Empty:
+                if block:
+                    continue
+                return
+            self.in_flight -= 1
+            self.on_result(result)
+            block = False
+
+    def _drain_progress(self) -> None:
+        source = self.progress_queue if self.pool is not None else self.inline_progress
+        if source is None:
+            return
+        nbytes = files = 0
+        try:
+            while True:
+                b, f = source.get_nowait()
+                nbytes += b
+                files += f
+        except queue.Empty:
+            pass
+        if nbytes or files:
+            self.on_progress(nbytes, files)
+
+    def finish(self) -> None:
+        """Run what is still held (inline: too little to start a pool for), wait for the rest."""
+        held, self.held = self.held, []
+        for job in held:
+            self._run_inline(job)
+        while self.in_flight:
+            self.wait(block=True)
+        self._drain_progress()
+
+    def close(self, terminate: bool) -> None:
+        if self.pool is not None:
+            if terminate:
+                self.pool.terminate()  # workers remove their temp files on SIGTERM
+            else:
+                self.pool.close()
+            self.pool.join()
+            self.pool = None
+        if self.manager is not None:
+            self.manager.shutdown()
+            self.manager = None
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _lost(job: Job, exc: BaseException) -> JobResult:
+    """A job whose call itself failed (it could not be sent or its result not received)."""
+    paths = [job.src] if isinstance(job, RangeJob) else [t.src for t in job.tasks]
+    return JobResult(job.job_id, failures=[CopyFailure(p, None, f"internal error: {exc!r}") for p in paths])
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise CopyInterruptedError in the parent; a second one exits at once.
+    Only the main thread may install handlers (library calls from threads keep the defaults)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if seen:
+            os._exit(128 + seen[0])  # clean-up was interrupted: leave now, as asked twice
+        seen.append(signum)
+        raise CopyInterruptedError(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Run:
+    """The state of one copy: what the parent knows and must finish."""
+
+    def __init__(self, target: Target, config: Config, progress: ProgressSink) -> None:
+        self.target = target
+        self.config = config
+        self.progress = progress
+        self.report = CopyReport()
+        self.preserve_owner = hasattr(os, "geteuid") and os.geteuid() == 0
+        self.options: CopyOptions = options_for(config, self.preserve_owner)
+        self.planner = Planner(config, self.options)
+        self.splits: dict[int, _SplitState] = {}
+        self.range_owner: dict[int, int] = {}  # job_id of a RangeJob -> its split file's id
+        self.dirs: list[tuple[str, Entry]] = []  # (dst, entry) in walk order, for the end
+        self.fresh_dirs: set[str] = set()  # rel paths of directories this run created
+        self.blocked_dirs: set[str] = set()  # rel paths whose destination could not be made
+        self.executor = _Executor(config, progress.active, self.on_result, progress.advance)
+
+    # -- driving --------------------------------------------------------------------------------
+    def run(self) -> CopyReport:
+        start = time.perf_counter()
+        ok = False
+        try:
+            if self.target.src_kind is Kind.DIR:
+                self.copy_tree()
+            else:
+                self.copy_single()
+            self.executor.finish()
+            ok = True
+        finally:
+            self.executor.close(terminate=not ok)
+            if not ok:
+                self.remove_split_temps()
+            self.progress.close()
+        self.make_links()
+        self.finish_dirs()
+        self.report.seconds = time.perf_counter() - start
+        return self.report
+
+    def copy_single(self) -> None:
+        st = os.stat(self.target.src)
+        entry = make_entry(self.target.src, "", st)
+        assert entry is not None
+        parent = os.path.dirname(self.target.dst)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        self.plan(entry, self.target.dst, check_dst=True)
+        self.submit_all(self.planner.flush())
+
+    def copy_tree(self) -> None:
+        root = self.target.dst
+        root_st = os.stat(self.target.src)
+        root_entry = make_entry(self.target.src, "", root_st)
+        assert root_entry is not None
+        self.make_dir(root_entry, root, parents=True)
+        for entry in walk_tree(self.target.src, dereference=self.config.dereference,
+                               on_error=self.walk_error):
+            parent_rel = os.path.dirname(entry.rel)
+            if parent_rel in self.blocked_dirs:
+                if entry.kind is Kind.DIR:
+                    self.blocked_dirs.add(entry.rel)
+                continue
+            dst = dst_path(root, entry.rel)
+            if entry.kind is Kind.DIR:
+                self.make_dir(entry, dst)
+            else:
+                self.plan(entry, dst, check_dst=parent_rel not in self.fresh_dirs)
+        self.submit_all(self.planner.flush())
+
+    def plan(self, entry: Entry, dst: str, check_dst: bool) -> None:
+        if entry.kind is Kind.FILE:
+            self.progress.add_total(entry.size)
+        self.submit_all(self.planner.add(entry, dst, check_dst))
+
+    def submit_all(self, jobs: list[BatchJob | SplitFile]) -> None:
+        for job in jobs:
+            if isinstance(job, SplitFile):
+                self.start_split(job.task)
+            else:
+                self.executor.submit(job)
+
+    def walk_error(self, path: str, exc: OSError) -> None:
+        self.report.failures.append(_failure(path, exc))
+
+    # -- directories ----------------------------------------------------------------------------
+    def make_dir(self, entry: Entry, dst: str, parents: bool = False) -> None:
+        """Create dst private (0700) so nothing is readable before its final mode is applied at
+        the end; an existing directory is merged into."""
+        try:
+            if parents:
+                os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+            os.mkdir(dst, 0o700)
+            self.fresh_dirs.add(entry.rel)
+        except FileExistsError:
+            st = os.lstat(dst)
+            if not stat.S_ISDIR(st.st_mode):
+                self.blocked_dirs.add(entry.rel)
+                self.report.failures.append(CopyFailure(
+                    entry.src, None, f"destination {dst!r} exists and is not a directory"))
+                return
+        except OSError as exc:
+            self.blocked_dirs.add(entry.rel)
+            self.report.failures.append(_failure(entry.src, exc))
+            return
+        self.dirs.append((dst, entry))
+
+    def finish_dirs(self) -> None:
+        """Directory metadata bottom-up (reverse walk order puts children before parents), after
+        their contents, so read-only directories copy and their mtimes are not disturbed."""
+        for dst, entry in reversed(self.dirs):
+            task = EntryTask(entry.src, dst, Kind.DIR, 0, entry.mode, entry.uid, entry.gid,
+                             entry.atime_ns, entry.mtime_ns)
+            try:
+                apply_metadata(dst, task, self.preserve_owner)
+            except OSError as exc:
+                self.report.failures.append(_failure(dst, exc))
+        self.report.dirs = len(self.dirs)
+
+    # -- large files as byte ranges -----------------------------------------------------------------
+    def start_split(self, task: EntryTask) -> None:
+        try:
+            if task.check_dst and up_to_date(task):
+                self.report.skipped += 1
+                self.report.skipped_bytes += task.size
+                self.progress.advance(task.size, 1)
+                return
+            fd, tmp = create_temp(task.dst, temp_mode(task.mode, shared_writes=True))
+        except OSError as exc:
+            self.report.failures.append(_failure(task.src, exc))
+            return
+        try:
+            os.ftruncate(fd, task.size)  # pre-sized: every range can be written in place
+        except OSError as exc:
+            os.close(fd)
+            _remove(tmp)
+            self.report.failures.append(_failure(task.src, exc))
+            return
+        os.close(fd)
+        try:
+            segments = self.segments(task)
+        except OSError as exc:
+            _remove(tmp)
+            self.report.failures.append(_failure(task.src, exc))
+            return
+        ranges = split_ranges(segments, self.config.chunk_bytes)
+        file_id = self.planner.next_id()
+        state = _SplitState(task, tmp, remaining=len(ranges))
+        self.splits[file_id] = state
+        if not ranges:  # all hole
+            self.finish_split(file_id)
+            return
+        for offset, length in ranges:
+            job = RangeJob(self.planner.next_id(), file_id, task.src, tmp, offset, length,
+                           task.sparse, self.options)
+            self.range_owner[job.job_id] = file_id
+            self.executor.submit(job)
+
+    def segments(self, task: EntryTask) -> list[tuple[int, int]]:
+        if not task.sparse:
+            return [(0, task.size)]
+        fd = os.open(task.src, os.O_RDONLY)
+        try:
+            return list(data_segments(fd, 0, task.size))
+        finally:
+            os.close(fd)
+
+    def finish_split(self, file_id: int) -> None:
+        state = self.splits.pop(file_id)
+        task = state.task
+        try:
+            if state.failures:
+                raise ChangedError(state.failures[0].message)
+            st = os.stat(task.src)
+            if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
+                raise ChangedError(f"file changed during copy (size {task.size} -> {st.st_size})")
+            apply_metadata(state.tmp, task, self.preserve_owner)
+            os.replace(state.tmp, task.dst)
+        except (OSError, ChangedError) as exc:
+            _remove(state.tmp)
+            failure = state.failures[0] if state.failures else _failure(task.src, exc)
+            self.report.failures.append(failure)
+            return
+        self.report.files += 1
+        self.progress.advance(0, 1)
+
+    def remove_split_temps(self) -> None:
+        for state in self.splits.values():
+            _remove(state.tmp)
+        self.splits.clear()
+
+    # -- results --------------------------------------------------------------------------------
+    def on_result(self, result: JobResult) -> None:
+        file_id = self.range_owner.pop(result.job_id, None)
+        if file_id is None:
+            self.report.files += result.files
+            self.report.bytes += result.bytes
+            self.report.skipped += result.skipped
+            self.report.skipped_bytes += result.skipped_bytes
+            self.report.failures.extend(result.failures)
+            return
+        state = self.splits[file_id]
+        self.report.bytes += result.bytes
+        state.failures.extend(result.failures)
+        state.remaining -= 1
+        if state.remaining == 0:
+            self.finish_split(file_id)
+
+    # -- hard links -----------------------------------------------------------------------------
+    def make_links(self) -> None:
+        """Later names of a hard-linked inode, made once all data is in place."""
+        for link in self.planner.links:
+            try:
+                self.make_link(link)
+            except OSError as exc:
+                self.report.failures.append(_failure(link.src, exc))
+
+    def make_link(self, link: HardLink) -> None:
+        first = os.lstat(link.first_dst)
+        try:
+            current = os.lstat(link.dst)
+            if (current.st_dev, current.st_ino) == (first.st_dev, first.st_ino):
+                self.report.skipped += 1
+                return
+            if stat.S_ISDIR(current.st_mode):
+                raise IsADirectoryError(21, "cannot overwrite directory with non-directory", link.dst)
+        except FileNotFoundError:
+            pass
+        tmp = temp_path(link.dst)
+        os.link(link.first_dst, tmp)
+        try:
+            os.replace(tmp, link.dst)
+        except OSError:
+            _remove(tmp)
+            raise
+        self.report.files += 1
+
+
+def _remove(path: str) -> None:
+    with suppress(OSError):
+        os.unlink(path)
+
+
+def run_copy(target: Target, config: Config, progress: ProgressSink | None = None) -> CopyReport:
+    """Copy target.src to target.dst with config. Per-entry failures are in the report; raises
+    CopyInterruptedError on SIGINT/SIGTERM after cleaning up."""
+    run = _Run(target, config, progress or NullProgress())
+    with _signals_raise():
+        return run.run()

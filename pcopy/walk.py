@@ -1,0 +1,116 @@
+"""walk_tree: a streaming, read-only scandir walk of the source tree.
+
+Iterative (an explicit stack, so 300-deep trees hit no recursion limit), one directory open at a
+time, and entries are yielded as they are read so copying starts before a large tree is listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pcopy.jobs import Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One source entry: where it is and the lstat (stat with -L) fields planning needs."""
+
+    src: str
+    rel: str  # path relative to the source root, with os.sep; "" for the root itself
+    kind: Kind
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    dev: int = 0
+    ino: int = 0
+    nlink: int = 1
+    rdev: int = 0
+    blocks: int | None = None
+
+
+OnError = Callable[[str, OSError], None]
+
+
+def kind_of(mode: int) -> Kind | None:
+    if stat.S_ISREG(mode):
+        return Kind.FILE
+    if stat.S_ISDIR(mode):
+        return Kind.DIR
+    if stat.S_ISLNK(mode):
+        return Kind.SYMLINK
+    if stat.S_ISFIFO(mode):
+        return Kind.FIFO
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return Kind.DEVICE
+    if stat.S_ISSOCK(mode):
+        return Kind.SOCKET
+    return None  # door, whiteout, ...: nothing portable to recreate
+
+
+def make_entry(src: str, rel: str, st: os.stat_result) -> Entry | None:
+    kind = kind_of(st.st_mode)
+    if kind is None:
+        return None
+    return Entry(
+        src=src, rel=rel, kind=kind, size=st.st_size, mode=st.st_mode, uid=st.st_uid,
+        gid=st.st_gid, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns, dev=st.st_dev,
+        ino=st.st_ino, nlink=st.st_nlink, rdev=getattr(st, "st_rdev", 0),
+        blocks=getattr(st, "st_blocks", None),
+    )
+
+
+def walk_tree(root: str, *, dereference: bool, on_error: OnError) -> Iterator[Entry]:
+    """Yield every entry below root (not root itself), each directory before its contents.
+
+    With dereference, symlinks are followed; a directory that is its own ancestor (a loop) is
+    reported through on_error as ELOOP and not entered. Errors never stop the walk.
+    """
+    root_st = os.stat(root)
+    # Ancestors are only needed to detect loops, which only followed symlinks can make.
+    root_ancestors = frozenset({(root_st.st_dev, root_st.st_ino)}) if dereference else frozenset()
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [(root, "", root_ancestors)]
+    while stack:
+        path, rel, ancestors = stack.pop()
+        try:
+            listing = os.scandir(path)
+        except OSError as exc:
+            on_error(path, exc)
+            continue
+        with listing:
+            while True:
+                try:
+                    item = next(listing, None)
+                except OSError as exc:
+                    on_error(path, exc)
+                    break
+                if item is None:
+                    break
+                child_rel = os.path.join(rel, item.name) if rel else item.name
+                try:
+                    st = item.stat(follow_symlinks=dereference)
+                except OSError as exc:
+                    if dereference and exc.errno in (errno.ENOENT, errno.ELOOP) and item.is_symlink():
+                        exc = OSError(exc.errno, "dangling or looping symlink", item.path)
+                    on_error(item.path, exc)
+                    continue
+                entry = make_entry(item.path, child_rel, st)
+                if entry is None:
+                    on_error(item.path, OSError(errno.EOPNOTSUPP, "unsupported file type", item.path))
+                    continue
+                if entry.kind is Kind.DIR:
+                    key = (st.st_dev, st.st_ino)
+                    if dereference:
+                        if key in ancestors:
+                            on_error(item.path, OSError(errno.ELOOP, "symlink loop", item.path))
+                            continue
+                        stack.append((item.path, child_rel, ancestors | {key}))
+                    else:
+                        stack.append((item.path, child_rel, ancestors))
+                yield entry
