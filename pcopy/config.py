@@ -51,6 +51,7 @@ class Config:
     method: Method = Method.AUTO
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     dereference: bool = False
+    preserve_hard_links: bool = True  # names sharing an inode in SRC share one in DST
     batch_files: int = BATCH_FILES
     batch_bytes: int = BATCH_BYTES
     # None: the platform's default start method; else "fork", "forkserver" or "spawn".

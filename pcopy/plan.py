@@ -81,7 +81,7 @@ class Planner:
 
     def add(self, entry: Entry, dst: str, check_dst: bool) -> list[BatchJob | SplitFile]:
         """Plan one entry; returns the jobs that became ready (often none)."""
-        if entry.kind is Kind.FILE and entry.nlink > 1:
+        if entry.kind is Kind.FILE and entry.nlink > 1 and self.config.preserve_hard_links:
             key = (entry.dev, entry.ino)
             first = self._first_names.get(key)
             if first is not None:

@@ -26,7 +26,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,8 +220,7 @@ def _signals_raise() -> Iterator[None]:
 class _Run:
     """The state of one copy: what the parent knows and must finish."""
 
-    def __init__(self, target: Target, config: Config, progress: ProgressSink) -> None:
-        self.target = target
+    def __init__(self, config: Config, progress: ProgressSink) -> None:
         self.config = config
         self.progress = progress
         self.report = CopyReport()
@@ -236,14 +235,13 @@ class _Run:
         self.executor = _Executor(config, progress.active, self.on_result, progress.advance)
 
     # -- driving --------------------------------------------------------------------------------
-    def run(self) -> CopyReport:
+    def run(self, feed: Callable[[], None]) -> CopyReport:
+        """feed() walks and plans (calling self.plan and self.make_dir); the rest is shared."""
         start = time.perf_counter()
         ok = False
         try:
-            if self.target.src_kind is Kind.DIR:
-                self.copy_tree()
-            else:
-                self.copy_single()
+            feed()
+            self.submit_all(self.planner.flush())
             self.executor.finish()
             ok = True
         finally:
@@ -256,23 +254,20 @@ class _Run:
         self.report.seconds = time.perf_counter() - start
         return self.report
 
-    def copy_single(self) -> None:
-        st = os.stat(self.target.src)
-        entry = make_entry(self.target.src, "", st)
+    def copy_single(self, target: Target) -> None:
+        entry = make_entry(target.src, "", os.stat(target.src))
         assert entry is not None
-        parent = os.path.dirname(self.target.dst)
+        parent = os.path.dirname(target.dst)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self.plan(entry, self.target.dst, check_dst=True)
-        self.submit_all(self.planner.flush())
+        self.plan(entry, target.dst, check_dst=True)
 
-    def copy_tree(self) -> None:
-        root = self.target.dst
-        root_st = os.stat(self.target.src)
-        root_entry = make_entry(self.target.src, "", root_st)
+    def copy_tree(self, target: Target) -> None:
+        root = target.dst
+        root_entry = make_entry(target.src, "", os.stat(target.src))
         assert root_entry is not None
         self.make_dir(root_entry, root, parents=True)
-        for entry in walk_tree(self.target.src, dereference=self.config.dereference,
+        for entry in walk_tree(target.src, dereference=self.config.dereference,
                                on_error=self.walk_error):
             parent_rel = os.path.dirname(entry.rel)
             if parent_rel in self.blocked_dirs:
@@ -284,7 +279,6 @@ class _Run:
                 self.make_dir(entry, dst)
             else:
                 self.plan(entry, dst, check_dst=parent_rel not in self.fresh_dirs)
-        self.submit_all(self.planner.flush())
 
     def plan(self, entry: Entry, dst: str, check_dst: bool) -> None:
         if entry.kind is Kind.FILE:
@@ -462,6 +456,22 @@ def _remove(path: str) -> None:
 def run_copy(target: Target, config: Config, progress: ProgressSink | None = None) -> CopyReport:
     """Copy target.src to target.dst with config. Per-entry failures are in the report; raises
     CopyInterruptedError on SIGINT/SIGTERM after cleaning up."""
-    run = _Run(target, config, progress or NullProgress())
+    run = _Run(config, progress or NullProgress())
+    feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
     with _signals_raise():
-        return run.run()
+        return run.run(lambda: feed(target))
+
+
+def run_entries(items: Iterable[tuple[Entry, str]], config: Config,
+                progress: ProgressSink | None = None) -> CopyReport:
+    """Copy already-listed non-directory entries, each to its dst, whose parent directories
+    exist. For callers that walk themselves (pcopy.copytree): batching, byte-range splitting,
+    hard links, the pool and signal handling are the same as run_copy's."""
+    run = _Run(config, progress or NullProgress())
+
+    def feed() -> None:
+        for entry, dst in items:
+            run.plan(entry, dst, check_dst=True)
+
+    with _signals_raise():
+        return run.run(feed)
