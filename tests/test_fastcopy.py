@@ -1,0 +1,139 @@
+"""The fast-copy chain, one syscall at a time made to fail (as CPython's zero-copy tests do)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcopy import fastcopy
+from pcopy.fastcopy import copy_range, data_segments
+
+DATA = os.urandom(300_000)
+
+
+@pytest.fixture
+def fds(tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
+    src = tmp_path / "src"
+    src.write_bytes(DATA)
+    dst = tmp_path / "dst"
+    s = os.open(src, os.O_RDONLY)
+    d = os.open(dst, os.O_RDWR | os.O_CREAT, 0o600)
+    yield s, d, dst
+    os.close(s)
+    os.close(d)
+
+
+def _copy(s: int, d: int, fast: bool = True, length: int | None = None, offset: int = 0) -> tuple[int, int]:
+    calls = []
+    n = copy_range(s, d, offset, length, use_fast_paths=fast, buffer_bytes=4096, on_bytes=calls.append)
+    return n, sum(calls)
+
+
+def _fail_with(code: int) -> Any:
+    def fail(*args: object, **kwargs: object) -> int:
+        raise OSError(code, os.strerror(code))
+    return fail
+
+
+def test_default_chain_copies_everything(fds: tuple[int, int, Path]) -> None:
+    s, d, dst = fds
+    assert _copy(s, d) == (len(DATA), len(DATA))
+    assert dst.read_bytes() == DATA
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="no copy_file_range here")
+def test_copy_file_range_unsupported_falls_back_to_sendfile(fds: tuple[int, int, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    s, d, dst = fds
+    monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.EXDEV))
+    used = []
+    real_sendfile = os.sendfile
+    monkeypatch.setattr(os, "sendfile", lambda *a: used.append(1) or real_sendfile(*a))
+    assert _copy(s, d)[0] == len(DATA)
+    assert dst.read_bytes() == DATA
+    assert used or not fastcopy._HAS_SENDFILE_TO_FILE
+
+
+def test_all_fast_paths_unsupported_fall_back_to_read_write(fds: tuple[int, int, Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    s, d, dst = fds
+    monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.ENOSYS), raising=False)
+    monkeypatch.setattr(os, "sendfile", _fail_with(errno.EINVAL), raising=False)
+    assert _copy(s, d) == (len(DATA), len(DATA))
+    assert dst.read_bytes() == DATA
+
+
+@pytest.mark.parametrize("name", ["copy_file_range", "sendfile"])
+def test_enospc_is_raised_not_fallen_back(fds: tuple[int, int, Path], monkeypatch: pytest.MonkeyPatch,
+                                          name: str) -> None:
+    s, d, _ = fds
+    if name == "sendfile":
+        monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.ENOSYS), raising=False)
+    monkeypatch.setattr(os, name, _fail_with(errno.ENOSPC), raising=False)
+    read_calls = []
+    monkeypatch.setattr(fastcopy, "_copy_loop", lambda *a: read_calls.append(a) or 0)
+    with pytest.raises(OSError) as info:
+        _copy(s, d)
+    assert info.value.errno == errno.ENOSPC
+    assert read_calls == []
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="no copy_file_range here")
+def test_error_after_partial_write_is_raised(fds: tuple[int, int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    s, d, _ = fds
+    real = os.copy_file_range
+    calls = []
+
+    def flaky(*args: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            return real(args[0], args[1], 1000, *args[3:])
+        raise OSError(errno.EXDEV, "cross-device")  # would be "unsupported" if nothing was written
+
+    monkeypatch.setattr(os, "copy_file_range", flaky)
+    with pytest.raises(OSError):
+        _copy(s, d)
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="no copy_file_range here")
+def test_zero_from_kernel_path_means_read_for_real(fds: tuple[int, int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # procfs-like files report size 0 and make copy_file_range/sendfile return 0 at once.
+    s, d, dst = fds
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: 0)
+    monkeypatch.setattr(os, "sendfile", lambda *a: 0)
+    assert _copy(s, d)[0] == len(DATA)
+    assert dst.read_bytes() == DATA
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_ranges_land_at_their_offsets(fds: tuple[int, int, Path], fast: bool) -> None:
+    s, d, dst = fds
+    os.ftruncate(d, len(DATA))
+    for offset in range(0, len(DATA), 70_000)[::-1]:  # out of order, as workers finish
+        _copy(s, d, fast=fast, offset=offset, length=min(70_000, len(DATA) - offset))
+    assert dst.read_bytes() == DATA
+
+
+def test_copy_stops_at_eof_when_source_is_shorter(fds: tuple[int, int, Path]) -> None:
+    s, d, _ = fds
+    assert _copy(s, d, offset=len(DATA) - 10, length=100)[0] == 10
+
+
+def test_data_segments_skip_holes(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    with open(path, "wb") as fh:
+        fh.truncate(64 << 20)
+        fh.seek(32 << 20)
+        fh.write(b"x" * 4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        segments = list(data_segments(fd, 0, 64 << 20))
+    finally:
+        os.close(fd)
+    assert sum(length for _, length in segments) < 1 << 20 or not fastcopy._HAS_SEEK_DATA
+    assert any(off <= 32 << 20 < off + length for off, length in segments)
