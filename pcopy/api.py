@@ -23,6 +23,9 @@ def copy(
     method: Method | str = Method.AUTO,
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     dereference: bool = False,
+    verify: bool = False,
+    fsync: bool = False,
+    preserve_hard_links: bool = True,
     start_method: str | None = None,
     progress: ProgressCallback | ProgressSink | None = None,
 ) -> CopyReport:
@@ -39,6 +42,9 @@ def copy(
         method=Method(method),
         buffer_bytes=buffer_size,
         dereference=dereference,
+        verify=verify,
+        fsync=fsync,
+        preserve_hard_links=preserve_hard_links,
         start_method=start_method,
     )
     target = locate(os.fspath(src), os.fspath(dst))

@@ -70,6 +70,12 @@ def copy_command(
     dereference: Annotated[bool, typer.Option(
         "-L", "--dereference", help="Copy what symlinks in the tree point to (loops are "
                                     "detected and reported).")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="After copying each file, re-read source and copy and compare BLAKE2b "
+                         "digests; a mismatch is reported and the copy discarded.")] = False,
+    fsync: Annotated[bool, typer.Option(
+        "--fsync", help="Flush each file (and each directory) to stable storage before it is "
+                        "renamed into place, for backups that must survive a power cut.")] = False,
     progress: Annotated[Optional[bool], typer.Option(
         "--progress/--no-progress", show_default=False,
         help="Show a progress bar on stderr (default: when stderr is a terminal).")] = None,
@@ -95,6 +101,8 @@ def copy_command(
         method=Method.READWRITE if buffer_size is not None else method,
         buffer_bytes=_size(buffer_size) if buffer_size is not None else DEFAULT_BUFFER_BYTES,
         dereference=dereference,
+        verify=verify,
+        fsync=fsync,
         start_method=start_method.value if start_method is not None else None,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not quiet)
@@ -105,17 +113,19 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, json_report: bool, 
     from pcopy.errors import CopyInterruptedError, RefusedError
     from pcopy.progress import NullProgress, ProgressSink, TqdmProgress
     from pcopy.report import format_failure
-    from pcopy.runner import run_copy
+    from pcopy.runner import InterruptGuard, run_copy
     from pcopy.target import locate
 
+    # For the rest of the process: the first signal unwinds with clean-up, a second exits at once,
+    # also while the interruption is being reported.
+    InterruptGuard().install()
     try:
         target = locate(src, dst)
+        sink: ProgressSink = TqdmProgress() if show_bar else NullProgress()
+        report = run_copy(target, config, sink)
     except RefusedError as exc:
         _err(f"pcopy: {exc}")
         return EXIT_USAGE
-    sink: ProgressSink = TqdmProgress() if show_bar else NullProgress()
-    try:
-        report = run_copy(target, config, sink)
     except CopyInterruptedError as exc:
         name = "SIGINT" if exc.exit_code == 130 else "SIGTERM"
         _err(f"pcopy: interrupted by {name}; temporary files removed, files under final names are complete")

@@ -52,6 +52,8 @@ class Config:
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     dereference: bool = False
     preserve_hard_links: bool = True  # names sharing an inode in SRC share one in DST
+    verify: bool = False  # compare content digests of source and copy before each rename
+    fsync: bool = False  # flush files (and directories) to stable storage before renames
     batch_files: int = BATCH_FILES
     batch_bytes: int = BATCH_BYTES
     # None: the platform's default start method; else "fork", "forkserver" or "spawn".

@@ -10,6 +10,7 @@ All copies use explicit offsets so byte-range jobs of one file can run in differ
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -154,3 +155,27 @@ def data_segments(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
 def is_sparse(size: int, blocks: int | None) -> bool:
     """A file whose allocated blocks cover less than its size has holes worth keeping."""
     return blocks is not None and size > 0 and blocks * 512 < size
+
+
+# Verification reads in blocks of this size: large enough for throughput, small enough to stay
+# in the CPU cache between read and hash.
+VERIFY_BLOCK_BYTES = 1024 * 1024
+
+
+def digest_range(fd: int, offset: int, length: int | None) -> bytes:
+    """BLAKE2b-128 of [offset, offset+length) of fd (length None: to EOF).
+
+    BLAKE2b is in every Python (hashlib), runs at about 1 GB/s per core in C, and unlike a CRC
+    a collision cannot be produced by accident or on purpose; 128 bits are plenty for equality.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    os.lseek(fd, offset, os.SEEK_SET)
+    done = 0
+    while length is None or done < length:
+        want = VERIFY_BLOCK_BYTES if length is None else min(VERIFY_BLOCK_BYTES, length - done)
+        data = os.read(fd, want)
+        if not data:
+            break
+        h.update(data)
+        done += len(data)
+    return h.digest()

@@ -27,6 +27,8 @@ class CopyOptions:
     buffer_bytes: int = 1024 * 1024
     preserve_owner: bool = False  # chown only works (and is wanted) when running as root
     dereference: bool = False
+    verify: bool = False  # re-read both sides and compare digests before the rename
+    fsync: bool = False  # flush each file to stable storage before its rename
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,13 @@ class CopyFailure:
     path: str
     errno: int | None
     message: str
+
+    @classmethod
+    def of(cls, path: str, exc: BaseException) -> CopyFailure:
+        """The failure an exception describes (OS errors keep their errno and strerror)."""
+        if isinstance(exc, OSError):
+            return cls(path, exc.errno, exc.strerror or str(exc))
+        return cls(path, None, str(exc))
 
 
 @dataclass(slots=True)

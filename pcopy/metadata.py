@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 
@@ -33,13 +34,33 @@ def temp_path(dst: str) -> str:
     return os.path.join(head, os.fsdecode(temp))
 
 
+_TEMP_RE = re.compile(r"^\..*\.pcopy-[0-9a-f]{8}$", re.DOTALL)
+
+
 def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARKER in name
+    """True for the names temp_path makes (and only those: a user's ".x.pcopy-notes" is safe)."""
+    return _TEMP_RE.fullmatch(name) is not None
+
+
+def remove_leftovers(directory: str) -> int:
+    """Remove temporary files a killed run (SIGKILL, power cut) left in directory; returns how
+    many. Only non-directories with pcopy's exact temporary-name pattern are touched."""
+    removed = 0
+    with os.scandir(directory) as listing:
+        for item in listing:
+            if is_temp_name(item.name) and not item.is_dir(follow_symlinks=False):
+                try:
+                    os.unlink(item.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def create_temp(dst: str, mode: int) -> tuple[int, str]:
-    """Create and open a new temporary file for dst; never follows or reuses an existing entry."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_BINARY | O_NOFOLLOW | O_CLOEXEC
+    """Create and open (read-write, so --verify can read it back) a new temporary file for dst;
+    never follows or reuses an existing entry."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | O_BINARY | O_NOFOLLOW | O_CLOEXEC
     while True:
         path = temp_path(dst)
         try:

@@ -42,6 +42,8 @@ def options_for(config: Config, preserve_owner: bool) -> CopyOptions:
         buffer_bytes=config.buffer_bytes,
         preserve_owner=preserve_owner,
         dereference=config.dereference,
+        verify=config.verify,
+        fsync=config.fsync,
     )
 
 

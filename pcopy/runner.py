@@ -20,10 +20,8 @@ carries 130/143 up to the caller.
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import stat
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,183 +31,58 @@ from typing import Any
 
 from pcopy.config import Config
 from pcopy.errors import CopyInterruptedError
+from pcopy.executor import Executor
 from pcopy.fastcopy import data_segments
-from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, Job, JobResult, Kind, RangeJob
-from pcopy.metadata import apply_metadata, create_temp, temp_mode, temp_path
+from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, JobResult, Kind, RangeJob
+from pcopy.metadata import apply_metadata, create_temp, remove_leftovers, temp_mode, temp_path
 from pcopy.plan import HardLink, Planner, SplitFile, dst_path, options_for, split_ranges
 from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
 from pcopy.target import Target
 from pcopy.walk import Entry, make_entry, walk_tree
-from pcopy.worker import ChangedError, init_worker, run_job, up_to_date
-
-# Jobs outstanding per worker: enough that a worker never waits for the parent to hand it the
-# next job, few enough that memory stays flat (a batch job is ~256 small records).
-MAX_IN_FLIGHT_PER_WORKER = 4
-
-# A pool only pays for itself when there is more than one job's worth of work: below this the
-# parent copies alone and a tiny tree costs no process start-up at all.
-POOL_THRESHOLD_JOBS = 2
-
-
-def default_start_method() -> str:
-    """fork where it is safe and cheapest (Linux: no re-import in workers, ~1 ms per worker);
-    spawn elsewhere (macOS' system libraries are not fork-safe; Windows has only spawn)."""
-    return "fork" if sys.platform.startswith("linux") else "spawn"
-
-
-def _failure(path: str, exc: OSError | ChangedError) -> CopyFailure:
-    if isinstance(exc, OSError):
-        return CopyFailure(path, exc.errno, exc.strerror or str(exc))
-    return CopyFailure(path, None, str(exc))
+from pcopy.worker import ChangedError, up_to_date
 
 
 @dataclass
 class _SplitState:
+    """A large file in flight: its temporary file and how many of its ranges are still out."""
+
     task: EntryTask
     tmp: str
     remaining: int
     failures: list[CopyFailure] = field(default_factory=list)
 
 
-class _Executor:
-    """Runs jobs inline at first and starts a Pool once there is enough work to share."""
+class InterruptGuard:
+    """SIGINT and SIGTERM raise CopyInterruptedError (130/143) so clean-up runs on the way up;
+    a second signal, during that clean-up, exits at once with the first one's code."""
 
-    def __init__(self, config: Config, want_progress: bool, on_result: Callable[[JobResult], None],
-                 on_progress: Callable[[int, int], None]) -> None:
-        self.config = config
-        self.want_progress = want_progress
-        self.on_result = on_result
-        self.on_progress = on_progress
-        self.results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
-        self.progress_queue: Any = None
-        self.pool: Any = None
-        self.manager: Any = None
-        self.held: list[Job] = []
-        self.in_flight = 0
-        self.max_in_flight = MAX_IN_FLIGHT_PER_WORKER * config.jobs
-        self.inline_progress: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    # -- submission -------------------------------------------------------------------------
-    def submit(self, job: Job) -> None:
-        if self.pool is None:
-            if self.config.jobs == 1:
-                self._run_inline(job)
-                return
-            self.held.append(job)
-            if len(self.held) < POOL_THRESHOLD_JOBS:
-                return
-            self._start_pool()
-            held, self.held = self.held, []
-            for waiting in held:
-                self._apply(waiting)
-            return
-        self._apply(job)
+    def __init__(self) -> None:
+        self.first: int | None = None
 
-    def _run_inline(self, job: Job) -> None:
-        result = run_job(job, self.inline_progress if self.want_progress else None)
-        self._drain_progress()
-        self.on_result(result)
+    def handle(self, signum: int, frame: object) -> None:
+        if self.first is not None:
+            os._exit(128 + self.first)  # asked twice: leave now
+        self.first = signum
+        raise CopyInterruptedError(signum)
 
-    def _apply(self, job: Job) -> None:
-        while self.in_flight >= self.max_in_flight:
-            self.wait(block=True)
-        self.pool.apply_async(run_job, (job,), callback=self.results.put,
-                              error_callback=lambda exc, job=job: self.results.put(_lost(job, exc)))
-        self.in_flight += 1
-        self.wait(block=False)
-
-    def _start_pool(self) -> None:
-        import multiprocessing
-        from multiprocessing.managers import SyncManager
-
-        ctx = multiprocessing.get_context(self.config.start_method or default_start_method())
-        if self.want_progress:
-            # Started only when someone watches progress: a Manager is one more process (~50 ms).
-            self.manager = SyncManager(ctx=ctx)
-            self.manager.start(_ignore_sigint)
-            self.progress_queue = self.manager.Queue()
-        self.pool = ctx.Pool(self.config.jobs, initializer=init_worker, initargs=(self.progress_queue,))
-
-    # -- results ------------------------------------------------------------------------------
-    def wait(self, block: bool) -> None:
-        """Handle finished jobs; with block, wait (in short slices, so signals and progress are
-        served) until at least one finished."""
-        while True:
-            self._drain_progress()
-            try:
-                result = self.results.get(timeout=0.1) if block else self.results.get_nowait()
-            except queue.Empty:
-                if block:
-                    continue
-                return
-            self.in_flight -= 1
-            self.on_result(result)
-            block = False
-
-    def _drain_progress(self) -> None:
-        source = self.progress_queue if self.pool is not None else self.inline_progress
-        if source is None:
-            return
-        nbytes = files = 0
-        try:
-            while True:
-                b, f = source.get_nowait()
-                nbytes += b
-                files += f
-        except queue.Empty:
-            pass
-        if nbytes or files:
-            self.on_progress(nbytes, files)
-
-    def finish(self) -> None:
-        """Run what is still held (inline: too little to start a pool for), wait for the rest."""
-        held, self.held = self.held, []
-        for job in held:
-            self._run_inline(job)
-        while self.in_flight:
-            self.wait(block=True)
-        self._drain_progress()
-
-    def close(self, terminate: bool) -> None:
-        if self.pool is not None:
-            if terminate:
-                self.pool.terminate()  # workers remove their temp files on SIGTERM
-            else:
-                self.pool.close()
-            self.pool.join()
-            self.pool = None
-        if self.manager is not None:
-            self.manager.shutdown()
-            self.manager = None
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _lost(job: Job, exc: BaseException) -> JobResult:
-    """A job whose call itself failed (it could not be sent or its result not received)."""
-    paths = [job.src] if isinstance(job, RangeJob) else [t.src for t in job.tasks]
-    return JobResult(job.job_id, failures=[CopyFailure(p, None, f"internal error: {exc!r}") for p in paths])
+    def install(self) -> dict[int, Any]:
+        return {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
 
 
 @contextmanager
 def _signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise CopyInterruptedError in the parent; a second one exits at once.
-    Only the main thread may install handlers (library calls from threads keep the defaults)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Install an InterruptGuard for the copy, unless the caller (the CLI, for the whole life of
+    the process) already did. Only the main thread may install handlers: library calls from
+    other threads keep the process' handlers."""
+    current = signal.getsignal(signal.SIGINT)
+    if (threading.current_thread() is not threading.main_thread()
+            or isinstance(getattr(current, "__self__", None), InterruptGuard)):
         yield
         return
-    seen: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        if seen:
-            os._exit(128 + seen[0])  # clean-up was interrupted: leave now, as asked twice
-        seen.append(signum)
-        raise CopyInterruptedError(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = InterruptGuard().install()
     try:
         yield
     finally:
@@ -232,7 +105,7 @@ class _Run:
         self.dirs: list[tuple[str, Entry]] = []  # (dst, entry) in walk order, for the end
         self.fresh_dirs: set[str] = set()  # rel paths of directories this run created
         self.blocked_dirs: set[str] = set()  # rel paths whose destination could not be made
-        self.executor = _Executor(config, progress.active, self.on_result, progress.advance)
+        self.executor = Executor(config, progress.active, self.on_result, progress.advance)
 
     # -- driving --------------------------------------------------------------------------------
     def run(self, feed: Callable[[], None]) -> CopyReport:
@@ -293,7 +166,7 @@ class _Run:
                 self.executor.submit(job)
 
     def walk_error(self, path: str, exc: OSError) -> None:
-        self.report.failures.append(_failure(path, exc))
+        self.report.failures.append(CopyFailure.of(path, exc))
 
     # -- directories ----------------------------------------------------------------------------
     def make_dir(self, entry: Entry, dst: str, parents: bool = False) -> None:
@@ -305,15 +178,19 @@ class _Run:
             os.mkdir(dst, 0o700)
             self.fresh_dirs.add(entry.rel)
         except FileExistsError:
-            st = os.lstat(dst)
+            # The top-level DST may be a symlink to a directory: merged into, as cp and rsync do.
+            st = os.stat(dst) if parents else os.lstat(dst)
             if not stat.S_ISDIR(st.st_mode):
                 self.blocked_dirs.add(entry.rel)
                 self.report.failures.append(CopyFailure(
                     entry.src, None, f"destination {dst!r} exists and is not a directory"))
                 return
+            # An existing directory may hold temporary files of a run that was killed.
+            with suppress(OSError):
+                remove_leftovers(dst)
         except OSError as exc:
             self.blocked_dirs.add(entry.rel)
-            self.report.failures.append(_failure(entry.src, exc))
+            self.report.failures.append(CopyFailure.of(entry.src, exc))
             return
         self.dirs.append((dst, entry))
 
@@ -325,8 +202,10 @@ class _Run:
                              entry.atime_ns, entry.mtime_ns)
             try:
                 apply_metadata(dst, task, self.preserve_owner)
+                if self.config.fsync:
+                    _fsync_path(dst)  # makes the renames into it durable
             except OSError as exc:
-                self.report.failures.append(_failure(dst, exc))
+                self.report.failures.append(CopyFailure.of(dst, exc))
         self.report.dirs = len(self.dirs)
 
     # -- large files as byte ranges -----------------------------------------------------------------
@@ -339,21 +218,21 @@ class _Run:
                 return
             fd, tmp = create_temp(task.dst, temp_mode(task.mode, shared_writes=True))
         except OSError as exc:
-            self.report.failures.append(_failure(task.src, exc))
+            self.report.failures.append(CopyFailure.of(task.src, exc))
             return
         try:
             os.ftruncate(fd, task.size)  # pre-sized: every range can be written in place
         except OSError as exc:
             os.close(fd)
             _remove(tmp)
-            self.report.failures.append(_failure(task.src, exc))
+            self.report.failures.append(CopyFailure.of(task.src, exc))
             return
         os.close(fd)
         try:
             segments = self.segments(task)
         except OSError as exc:
             _remove(tmp)
-            self.report.failures.append(_failure(task.src, exc))
+            self.report.failures.append(CopyFailure.of(task.src, exc))
             return
         ranges = split_ranges(segments, self.config.chunk_bytes)
         file_id = self.planner.next_id()
@@ -387,10 +266,12 @@ class _Run:
             if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
                 raise ChangedError(f"file changed during copy (size {task.size} -> {st.st_size})")
             apply_metadata(state.tmp, task, self.preserve_owner)
+            if self.config.fsync:
+                _fsync_path(state.tmp)
             os.replace(state.tmp, task.dst)
         except (OSError, ChangedError) as exc:
             _remove(state.tmp)
-            failure = state.failures[0] if state.failures else _failure(task.src, exc)
+            failure = state.failures[0] if state.failures else CopyFailure.of(task.src, exc)
             self.report.failures.append(failure)
             return
         self.report.files += 1
@@ -425,7 +306,7 @@ class _Run:
             try:
                 self.make_link(link)
             except OSError as exc:
-                self.report.failures.append(_failure(link.src, exc))
+                self.report.failures.append(CopyFailure.of(link.src, exc))
 
     def make_link(self, link: HardLink) -> None:
         first = os.lstat(link.first_dst)
@@ -446,6 +327,18 @@ class _Run:
             _remove(tmp)
             raise
         self.report.files += 1
+
+
+def _fsync_path(path: str) -> None:
+    """fsync a file or (POSIX) a directory by path; Windows cannot open directories."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(path: str) -> None:

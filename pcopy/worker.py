@@ -7,12 +7,13 @@ import contextlib
 import os
 import signal
 import stat
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
-from pcopy.fastcopy import copy_range, data_segments
+from pcopy.fastcopy import copy_range, data_segments, digest_range
 from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, Job, JobResult, Kind, RangeJob
 from pcopy.metadata import (
     O_BINARY,
@@ -36,6 +37,12 @@ class _Terminated(BaseException):
 
 _in_job = False
 _worker_queue: ProgressQueue | None = None  # set once per pool worker by init_worker
+# This worker's slot in the parent's shared table: slots[2*i] = pid, slots[2*i+1] = the job it
+# runs (-1 when idle), so the parent knows which job a dead worker took with it. Plain shared
+# memory, no lock: a worker killed at any instant cannot leave anything locked behind.
+_slots: Any = None
+_slot = -1
+NO_JOB = -1
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -44,15 +51,38 @@ def _on_sigterm(signum: int, frame: object) -> None:
     os._exit(128 + signum)  # idle between jobs: nothing to clean up
 
 
-def init_worker(progress_queue: ProgressQueue | None = None) -> None:
+def init_worker(progress_queue: ProgressQueue | None = None, slots: Any = None,
+                slot_counter: Any = None) -> None:
     """Pool initializer. The parent alone decides what an interrupt means: workers ignore SIGINT
     (a Ctrl-C reaches the whole process group) and turn SIGTERM (Pool.terminate) into a clean
     exit that removes the temporary file they were writing. The progress queue comes here once
     per worker rather than with every job: unpickling a Manager proxy costs a round trip."""
-    global _worker_queue
+    global _worker_queue, _slots, _slot
     _worker_queue = progress_queue
+    if slots is not None and slot_counter is not None:
+        with slot_counter.get_lock():
+            _slot = slot_counter.value % (len(slots) // 2)
+            slot_counter.value += 1
+        _slots = slots
+        slots[2 * _slot] = os.getpid()
+        slots[2 * _slot + 1] = NO_JOB
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+# How often a worker checks that the process that started it is still there (seconds).
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """If pcopy itself is killed (SIGKILL cannot be caught), its workers would wait for jobs
+    forever as orphans: each worker leaves on its own once its parent is gone. (getppid is
+    portable; Linux's PR_SET_PDEATHSIG is not.)"""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 class _Progress:
@@ -92,6 +122,8 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
     to queue, or in a pool worker to the queue given to init_worker."""
     global _in_job
     _in_job = True
+    if _slots is not None:
+        _slots[2 * _slot + 1] = job.job_id
     queue = queue if queue is not None else _worker_queue
     progress = _Progress(queue) if queue is not None else None
     try:
@@ -102,14 +134,10 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
         os._exit(128 + signal.SIGTERM)  # temp files were removed on the way out
     finally:
         _in_job = False
+        if _slots is not None:
+            _slots[2 * _slot + 1] = NO_JOB
         if progress is not None:
             progress.flush()
-
-
-def _failure(path: str, exc: BaseException) -> CopyFailure:
-    if isinstance(exc, OSError):
-        return CopyFailure(path, exc.errno, exc.strerror or str(exc))
-    return CopyFailure(path, None, str(exc))
 
 
 def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
@@ -125,14 +153,21 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
                 result.bytes += copy_entry(task, job.options, on_bytes)
                 result.files += 1
         except (OSError, ChangedError) as exc:
-            result.failures.append(_failure(task.src, exc))
+            result.failures.append(CopyFailure.of(task.src, exc))
         if progress is not None:
             progress.add_file()
     return result
 
 
 class ChangedError(Exception):
-    """The source changed while it was copied; the copy was discarded."""
+    """The source changed while it was copied, or --verify found a difference; the copy was
+    discarded."""
+
+
+def check_same(src_fd: int, dst_fd: int, offset: int, length: int | None) -> None:
+    """--verify: both sides read back and their digests compared (in the worker, in parallel)."""
+    if digest_range(src_fd, offset, length) != digest_range(dst_fd, offset, length):
+        raise ChangedError("verification failed: the copy differs from the source")
 
 
 def up_to_date(task: EntryTask) -> bool:
@@ -172,6 +207,10 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
             try:
                 copied = _copy_whole(src_fd, dst_fd, task, options, on_bytes)
                 _check_unchanged(src_fd, task, copied)
+                if options.verify:
+                    check_same(src_fd, dst_fd, 0, None)
+                if options.fsync:
+                    os.fsync(dst_fd)
                 apply_metadata(tmp, task, options.preserve_owner, fd=dst_fd)
             finally:
                 os.close(dst_fd)
@@ -215,7 +254,7 @@ def _run_range(job: RangeJob, progress: _Progress | None) -> JobResult:
     try:
         src_fd = os.open(job.src, os.O_RDONLY | O_BINARY | O_CLOEXEC)
         try:
-            dst_fd = os.open(job.tmp, os.O_WRONLY | O_BINARY | O_CLOEXEC | O_NOFOLLOW)
+            dst_fd = os.open(job.tmp, os.O_RDWR | O_BINARY | O_CLOEXEC | O_NOFOLLOW)
             try:
                 end = job.offset + job.length
                 segments = (data_segments(src_fd, job.offset, end) if job.sparse
@@ -226,12 +265,14 @@ def _run_range(job: RangeJob, progress: _Progress | None) -> JobResult:
                     if copied != length:
                         raise ChangedError("file shrank during copy")
                     result.bytes += copied
+                if opts.verify:
+                    check_same(src_fd, dst_fd, job.offset, job.length)
             finally:
                 os.close(dst_fd)
         finally:
             os.close(src_fd)
     except (OSError, ChangedError) as exc:
-        result.failures.append(_failure(job.src, exc))
+        result.failures.append(CopyFailure.of(job.src, exc))
     return result
 
 
