@@ -14,16 +14,17 @@ _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
 def escape(path: str) -> str:
     """A path as one printable line: control characters and bytes that are not UTF-8 become
-    backslash escapes (\\n, \\xff), the way `ls -b` shows them, so reports stay parseable and
-    printing never fails whatever the locale."""
-    raw = path.encode("utf-8", "surrogateescape")
-    text = raw.decode("utf-8", "backslashreplace")
+    backslash escapes (\\n, \\xff), the way `ls -b` shows them, and a backslash is doubled, so
+    every name has one unambiguous spelling, reports stay parseable and printing never fails."""
     out = []
-    for ch in text:
+    for ch in path:
+        code = ord(ch)
         if ch in _ESCAPES:
             out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
         else:
             out.append(ch)
     return "".join(out)
