@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["Config", "CopyFailure", "CopyInterruptedError", "CopyReport", "Method",
-           "RefusedError", "__version__", "copy"]
+           "RefusedError", "__version__", "copy", "copytree"]
 
 _LAZY = {
     "copy": "pcopy.api",
+    "copytree": "pcopy.dropin",
     "Config": "pcopy.config",
     "Method": "pcopy.config",
     "CopyReport": "pcopy.report",
@@ -28,6 +29,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from pcopy.api import copy
     from pcopy.config import Config, Method
+    from pcopy.dropin import copytree
     from pcopy.errors import CopyInterruptedError, RefusedError
     from pcopy.jobs import CopyFailure
     from pcopy.report import CopyReport

@@ -51,6 +51,7 @@ class Config:
     method: Method = Method.AUTO
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     dereference: bool = False
+    preserve_owner: bool | None = None  # None: when running as root (only root may chown)
     preserve_hard_links: bool = True  # names sharing an inode in SRC share one in DST
     verify: bool = False  # compare content digests of source and copy before each rename
     fsync: bool = False  # flush files (and directories) to stable storage before renames

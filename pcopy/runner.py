@@ -24,7 +24,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,14 +90,16 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-class _Run:
-    """The state of one copy: what the parent knows and must finish."""
+class CopyRun:
+    """The state of one copy: what the parent knows and must finish. Callers that walk
+    themselves (pcopy.copytree) drive it with run(feed), calling plan() from feed."""
 
     def __init__(self, config: Config, progress: ProgressSink) -> None:
         self.config = config
         self.progress = progress
         self.report = CopyReport()
-        self.preserve_owner = hasattr(os, "geteuid") and os.geteuid() == 0
+        root = hasattr(os, "geteuid") and os.geteuid() == 0
+        self.preserve_owner = root if config.preserve_owner is None else config.preserve_owner
         self.options: CopyOptions = options_for(config, self.preserve_owner)
         self.planner = Planner(config, self.options)
         self.splits: dict[int, _SplitState] = {}
@@ -349,22 +351,7 @@ def _remove(path: str) -> None:
 def run_copy(target: Target, config: Config, progress: ProgressSink | None = None) -> CopyReport:
     """Copy target.src to target.dst with config. Per-entry failures are in the report; raises
     CopyInterruptedError on SIGINT/SIGTERM after cleaning up."""
-    run = _Run(config, progress or NullProgress())
+    run = CopyRun(config, progress or NullProgress())
     feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
     with _signals_raise():
         return run.run(lambda: feed(target))
-
-
-def run_entries(items: Iterable[tuple[Entry, str]], config: Config,
-                progress: ProgressSink | None = None) -> CopyReport:
-    """Copy already-listed non-directory entries, each to its dst, whose parent directories
-    exist. For callers that walk themselves (pcopy.copytree): batching, byte-range splitting,
-    hard links, the pool and signal handling are the same as run_copy's."""
-    run = _Run(config, progress or NullProgress())
-
-    def feed() -> None:
-        for entry, dst in items:
-            run.plan(entry, dst, check_dst=True)
-
-    with _signals_raise():
-        return run.run(feed)
