@@ -6,6 +6,7 @@ Exit codes: 0 all copied; 1 some entries failed; 2 usage error or refused input;
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -143,4 +144,14 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, json_report: bool, 
 
 
 def main() -> None:
-    app(prog_name="pcopy")
+    try:
+        app(prog_name="pcopy")
+    except SystemExit as exc:
+        if exc.code in (128 + 2, 128 + 15):
+            # Interrupted: leave without interpreter finalization, which resets signal handlers
+            # to their defaults - a second Ctrl-C arriving then would kill us with -SIGINT
+            # instead of the documented 130.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(exc.code))
+        raise

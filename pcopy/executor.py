@@ -15,7 +15,9 @@ so running one twice is safe, and a result that arrives twice is counted once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import os
 import queue
 import signal
 import sys
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pcopy.config import Config
-from pcopy.jobs import BatchJob, CopyFailure, Job, JobResult, RangeJob
+from pcopy.jobs import BatchJob, CopyFailure, DirJob, Job, JobResult, RangeJob
 from pcopy.worker import NO_JOB, init_worker, run_job
 
 # Jobs outstanding per worker: enough that a worker never waits for the parent to hand it the
@@ -53,8 +55,21 @@ def default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
+def job_dst_dirs(job: Job) -> set[str]:
+    """Directories a job writes temporary files in."""
+    if isinstance(job, RangeJob):
+        return set()  # a range writes into the parent's own temporary file
+    if isinstance(job, DirJob):
+        return {job.dst_dir}
+    return {os.path.dirname(t.dst) for t in job.tasks}
+
+
 def job_paths(job: Job) -> list[str]:
-    return [job.src] if isinstance(job, RangeJob) else [t.src for t in job.tasks]
+    if isinstance(job, RangeJob):
+        return [job.src]
+    if isinstance(job, DirJob):
+        return [os.path.join(job.src_dir, name) for name in job.names]
+    return [t.src for t in job.tasks]
 
 
 def _ignore_sigint() -> None:
@@ -63,13 +78,17 @@ def _ignore_sigint() -> None:
 
 class Executor:
     def __init__(self, config: Config, want_progress: bool, on_result: Callable[[JobResult], None],
-                 on_progress: Callable[[int, int], None]) -> None:
+                 on_progress: Callable[[int, int, int], None],
+                 on_abandoned: Callable[[list[Job]], None] = lambda jobs: None) -> None:
+        """on_abandoned(jobs) is called once the workers that ran jobs are gone for good without
+        finishing them (killed, or terminated), so their leftovers can be cleaned up."""
+        self.on_abandoned = on_abandoned
         self.config = config
         self.want_progress = want_progress
         self.on_result = on_result
         self.on_progress = on_progress
         self.results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
-        self.inline_progress: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self.inline_progress: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
         self.progress_queue: Any = None
         self.ctx: Any = None
         self.pool: Any = None
@@ -100,7 +119,11 @@ class Executor:
         self._apply(job)
 
     def _run_inline(self, job: Job) -> None:
-        result = run_job(job, self.inline_progress if self.want_progress else None)
+        try:
+            result = run_job(job, self.inline_progress if self.want_progress else None)
+        except BaseException:
+            self.on_abandoned([job])
+            raise
         self._drain_progress()
         self.on_result(result)
 
@@ -156,16 +179,17 @@ class Executor:
         source = self.progress_queue if self.pool is not None else self.inline_progress
         if source is None:
             return
-        nbytes = files = 0
+        nbytes = files = found = 0
         try:
             while True:
-                b, f = source.get_nowait()
+                b, f, t = source.get_nowait()
                 nbytes += b
                 files += f
+                found += t
         except (queue.Empty, EOFError, OSError):
             pass
-        if nbytes or files:
-            self.on_progress(nbytes, files)
+        if nbytes or files or found:
+            self.on_progress(nbytes, files, found)
 
     def _check_workers(self) -> None:
         """A worker that died took its job with it: replace the pool, send lost jobs again."""
@@ -184,6 +208,7 @@ class Executor:
         self.wait(block=False)  # results that made it out before the terminate still count
         lost = list(self.pending.values())
         self.pending.clear()
+        self.on_abandoned(lost)  # a SIGKILLed worker could not remove its temporary file
         self._start_pool()
         for job in lost:
             if job.job_id not in culprits:
@@ -195,12 +220,18 @@ class Executor:
                 # One entry per job, each with one death already counted against it.
                 self.on_result(JobResult(job.job_id))  # the batch is replaced by its parts
                 for task in job.tasks:
-                    single = BatchJob(next(self.split_ids), (task,), job.options)
-                    self.attempts[single.job_id] = 1
-                    self._send(single)
+                    self._send_single(BatchJob(next(self.split_ids), (task,), job.options))
+            elif isinstance(job, DirJob) and len(job.names) > 1:
+                self.on_result(JobResult(job.job_id))
+                for name in job.names:
+                    self._send_single(dataclasses.replace(job, job_id=next(self.split_ids), names=(name,)))
             else:
                 self.attempts[job.job_id] = self.attempts.get(job.job_id, 0) + 1
                 self._send(job)
+
+    def _send_single(self, job: Job) -> None:
+        self.attempts[job.job_id] = 1
+        self._send(job)
 
     def _unstick_task_lock(self) -> None:
         """An idle worker waits for its next task holding the pool's task-queue read lock; killed
@@ -216,23 +247,22 @@ class Executor:
             with contextlib.suppress(ValueError):
                 lock.release()
 
-    def finish(self) -> None:
-        """Run what is still held (inline: too little to start a pool for), wait for the rest."""
+    def run_held(self) -> None:
+        """Run what is still held, inline: too little work came to be worth starting a pool."""
         held, self.held = self.held, []
         for job in held:
             self._run_inline(job)
-        while self.pending:
-            self.wait(block=True)
-        self._drain_progress()
 
     def close(self, terminate: bool) -> None:
         if self.pool is not None:
             if terminate:
-                self.pool.terminate()  # workers remove their temporary files on SIGTERM
+                self.pool.terminate()  # workers remove their temporary files on SIGTERM...
             else:
                 self.pool.close()
             self.pool.join()
             self.pool = None
+            if terminate:  # ...except one caught between creating it and knowing its name
+                self.on_abandoned(list(self.pending.values()))
         if self.manager is not None:
             self.manager.shutdown()
             self.manager = None

@@ -31,7 +31,7 @@ class CopyOptions:
     fsync: bool = False  # flush each file to stable storage before its rename
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass' __init__ costs ~2x, once per file
 class EntryTask:
     """One non-directory entry to copy: a file, symlink, FIFO, device node or socket."""
 
@@ -49,6 +49,9 @@ class EntryTask:
     # False when the parent created the destination directory in this run: nothing can be there,
     # so the worker skips the quick check (saves one lstat per file on a fresh copy).
     check_dst: bool = True
+    dev: int = 0
+    ino: int = 0
+    nlink: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,24 @@ class BatchJob:
 
     job_id: int
     tasks: tuple[EntryTask, ...]
+    options: CopyOptions
+
+
+@dataclass(frozen=True, slots=True)
+class DirJob:
+    """Up to a batch of names in one source directory, stat'ed and copied by the worker. Files
+    larger than split_bytes and files with more than one link are handed back to the parent
+    (byte ranges and hard links are the parent's to plan); once job_bytes are copied, the names
+    left are handed back too, so one job never holds a worker for much longer than another."""
+
+    job_id: int
+    src_dir: str
+    dst_dir: str
+    names: tuple[str, ...]
+    check_dst: bool
+    split_bytes: int
+    job_bytes: int
+    hand_back_links: bool
     options: CopyOptions
 
 
@@ -74,7 +95,7 @@ class RangeJob:
     options: CopyOptions
 
 
-Job = BatchJob | RangeJob
+Job = BatchJob | DirJob | RangeJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +122,5 @@ class JobResult:
     skipped: int = 0  # up-to-date entries left alone (quick check)
     skipped_bytes: int = 0
     failures: list[CopyFailure] = field(default_factory=list)
+    handed_back: list[EntryTask] = field(default_factory=list)  # DirJob: for the parent to plan
+    leftover: tuple[str, ...] = ()  # DirJob: names not reached within job_bytes

@@ -42,13 +42,14 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_RE.fullmatch(name) is not None
 
 
-def remove_leftovers(directory: str) -> int:
-    """Remove temporary files a killed run (SIGKILL, power cut) left in directory; returns how
-    many. Only non-directories with pcopy's exact temporary-name pattern are touched."""
+def remove_leftovers(directory: str, keep: frozenset[str] | set[str] = frozenset()) -> int:
+    """Remove temporary files a killed run (SIGKILL, power cut) left in directory, except the
+    paths in keep; returns how many. Only non-directories with pcopy's exact temporary-name
+    pattern are touched."""
     removed = 0
     with os.scandir(directory) as listing:
         for item in listing:
-            if is_temp_name(item.name) and not item.is_dir(follow_symlinks=False):
+            if is_temp_name(item.name) and item.path not in keep and not item.is_dir(follow_symlinks=False):
                 try:
                     os.unlink(item.path)
                     removed += 1
@@ -97,6 +98,14 @@ def apply_metadata(path: str, task: EntryTask, preserve_owner: bool, fd: int | N
         os.utime(path, ns=times)
     elif _UTIME_FOLLOWS:
         os.utime(path, ns=times, follow_symlinks=False)
+
+
+def set_times(fd: int, path: str, task: EntryTask) -> None:
+    """Only the times (a file created with its final mode and owner)."""
+    if _UTIME_FD:
+        os.utime(fd, ns=(task.atime_ns, task.mtime_ns))
+    else:
+        os.utime(path, ns=(task.atime_ns, task.mtime_ns))
 
 
 def make_special(task: EntryTask, path: str) -> None:

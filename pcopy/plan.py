@@ -1,7 +1,10 @@
 """make_plan's pieces: turn walked entries and a Config into jobs. Pure: no I/O, no processes.
 
-- Small entries are batched: one job holds up to batch_files entries or batch_bytes bytes, so the
-  ~30 us cost of one apply_async is shared by hundreds of files.
+- The walk hands over names of non-directories unstat'ed, up to batch_files per directory chunk:
+  each chunk becomes one DirJob, and the worker stats the names (so the parent's cost per file is
+  one directory-entry read, and one apply_async, ~30 us, is shared by hundreds of files).
+- Entries whose stat is known (a single-file copy, pcopy.copytree's listing, what a DirJob hands
+  back) are batched: a job closes at batch_files entries or batch_bytes bytes.
 - Files larger than chunk_bytes become a SplitFile: the runner pre-sizes a temporary file and
   sends byte ranges from split_ranges to different workers.
 - Further names of a hard-linked inode become HardLink records, made after all data is copied.
@@ -16,8 +19,8 @@ from dataclasses import dataclass
 
 from pcopy.config import Config, Method
 from pcopy.fastcopy import is_sparse
-from pcopy.jobs import BatchJob, CopyOptions, EntryTask, Kind
-from pcopy.walk import Entry
+from pcopy.jobs import BatchJob, CopyOptions, DirJob, EntryTask, Kind
+from pcopy.walk import Entry, Names
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ def entry_task(entry: Entry, dst: str, check_dst: bool) -> EntryTask:
         mode=entry.mode, uid=entry.uid, gid=entry.gid, atime_ns=entry.atime_ns,
         mtime_ns=entry.mtime_ns, rdev=entry.rdev,
         sparse=entry.kind is Kind.FILE and is_sparse(entry.size, entry.blocks),
-        check_dst=check_dst,
+        check_dst=check_dst, dev=entry.dev, ino=entry.ino, nlink=entry.nlink,
     )
 
 
@@ -82,15 +85,24 @@ class Planner:
         return next(self._ids)
 
     def add(self, entry: Entry, dst: str, check_dst: bool) -> list[BatchJob | SplitFile]:
-        """Plan one entry; returns the jobs that became ready (often none)."""
-        if entry.kind is Kind.FILE and entry.nlink > 1 and self.config.preserve_hard_links:
-            key = (entry.dev, entry.ino)
+        """Plan one stat'ed entry; returns the jobs that became ready (often none)."""
+        return self.add_task(entry_task(entry, dst, check_dst))
+
+    def dir_job(self, names: Names, dst_dir: str, check_dst: bool) -> DirJob:
+        """A chunk of unstat'ed names for a worker to stat and copy (see DirJob)."""
+        return DirJob(self.next_id(), names.src_dir, dst_dir, names.names, check_dst,
+                      split_bytes=self.config.chunk_bytes, job_bytes=self.config.batch_bytes,
+                      hand_back_links=self.config.preserve_hard_links, options=self.options)
+
+    def add_task(self, task: EntryTask) -> list[BatchJob | SplitFile]:
+        """Plan one entry whose stat is known (also what a DirJob hands back)."""
+        if task.kind is Kind.FILE and task.nlink > 1 and self.config.preserve_hard_links:
+            key = (task.dev, task.ino)
             first = self._first_names.get(key)
             if first is not None:
-                self.links.append(HardLink(entry.src, dst, first))
+                self.links.append(HardLink(task.src, task.dst, first))
                 return []
-            self._first_names[key] = dst
-        task = entry_task(entry, dst, check_dst)
+            self._first_names[key] = task.dst
         if task.kind is Kind.FILE and task.size > self.config.chunk_bytes:
             return [SplitFile(task)]
         self._batch.append(task)

@@ -19,11 +19,13 @@ carries 130/143 up to the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -31,15 +33,15 @@ from typing import Any
 
 from pcopy.config import Config
 from pcopy.errors import CopyInterruptedError
-from pcopy.executor import Executor
+from pcopy.executor import Executor, job_dst_dirs
 from pcopy.fastcopy import data_segments
-from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, JobResult, Kind, RangeJob
+from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, DirJob, EntryTask, Job, JobResult, Kind, RangeJob
 from pcopy.metadata import apply_metadata, create_temp, remove_leftovers, temp_mode, temp_path
 from pcopy.plan import HardLink, Planner, SplitFile, dst_path, options_for, split_ranges
 from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
 from pcopy.target import Target
-from pcopy.walk import Entry, make_entry, walk_tree
+from pcopy.walk import Entry, Names, make_entry, walk_tree
 from pcopy.worker import ChangedError, up_to_date
 
 
@@ -107,7 +109,11 @@ class CopyRun:
         self.dirs: list[tuple[str, Entry]] = []  # (dst, entry) in walk order, for the end
         self.fresh_dirs: set[str] = set()  # rel paths of directories this run created
         self.blocked_dirs: set[str] = set()  # rel paths whose destination could not be made
-        self.executor = Executor(config, progress.active, self.on_result, progress.advance)
+        self.dir_jobs: dict[int, DirJob] = {}  # DirJobs in flight, for their leftover names
+        # What results hand back (large files, hard links, names not reached) is planned from
+        # the main loop, never from inside a result handler (no re-entrant submission).
+        self.followups: deque[EntryTask | DirJob] = deque()
+        self.executor = Executor(config, progress.active, self.on_result, self.on_progress, self.clean_after)
 
     # -- driving --------------------------------------------------------------------------------
     def run(self, feed: Callable[[], None]) -> CopyReport:
@@ -116,8 +122,7 @@ class CopyRun:
         ok = False
         try:
             feed()
-            self.submit_all(self.planner.flush())
-            self.executor.finish()
+            self.settle()
             ok = True
         finally:
             self.executor.close(terminate=not ok)
@@ -128,6 +133,37 @@ class CopyRun:
         self.finish_dirs()
         self.report.seconds = time.perf_counter() - start
         return self.report
+
+    def settle(self) -> None:
+        """Run everything planned, and everything results hand back, to the end."""
+        executor = self.executor
+        while True:
+            self.drain_followups()
+            if executor.pending:
+                executor.wait(block=True)
+            elif jobs := self.planner.flush():
+                self.submit_all(jobs)
+            elif executor.held:
+                executor.run_held()
+            elif not self.followups:
+                return
+
+    def drain_followups(self) -> None:
+        while self.followups:
+            item = self.followups.popleft()
+            if isinstance(item, DirJob):
+                self.submit_dir_job(item)
+            else:
+                self.submit_all(self.planner.add_task(item))
+
+    def submit_dir_job(self, job: DirJob) -> None:
+        self.dir_jobs[job.job_id] = job
+        self.executor.submit(job)
+
+    def on_progress(self, nbytes: int, files: int, found: int) -> None:
+        if found:
+            self.progress.add_total(found)
+        self.progress.advance(nbytes, files)
 
     def copy_single(self, target: Target) -> None:
         entry = make_entry(target.src, "", os.stat(target.src))
@@ -142,18 +178,17 @@ class CopyRun:
         root_entry = make_entry(target.src, "", os.stat(target.src))
         assert root_entry is not None
         self.make_dir(root_entry, root, parents=True)
-        for entry in walk_tree(target.src, dereference=self.config.dereference,
-                               on_error=self.walk_error):
-            parent_rel = os.path.dirname(entry.rel)
-            if parent_rel in self.blocked_dirs:
-                if entry.kind is Kind.DIR:
-                    self.blocked_dirs.add(entry.rel)
-                continue
-            dst = dst_path(root, entry.rel)
-            if entry.kind is Kind.DIR:
-                self.make_dir(entry, dst)
+        for item in walk_tree(target.src, dereference=self.config.dereference,
+                              on_error=self.walk_error, chunk=self.config.batch_files):
+            if isinstance(item, Names):
+                if item.rel_dir not in self.blocked_dirs:
+                    check_dst = item.rel_dir not in self.fresh_dirs
+                    self.submit_dir_job(self.planner.dir_job(item, dst_path(root, item.rel_dir), check_dst))
+            elif os.path.dirname(item.rel) in self.blocked_dirs:
+                self.blocked_dirs.add(item.rel)
             else:
-                self.plan(entry, dst, check_dst=parent_rel not in self.fresh_dirs)
+                self.make_dir(item, dst_path(root, item.rel))
+            self.drain_followups()
 
     def plan(self, entry: Entry, dst: str, check_dst: bool) -> None:
         if entry.kind is Kind.FILE:
@@ -279,6 +314,15 @@ class CopyRun:
         self.report.files += 1
         self.progress.advance(0, 1)
 
+    def clean_after(self, jobs: list[Job]) -> None:
+        """Remove temporary files that workers which stopped mid-job (killed, terminated, or
+        interrupted inline) left in the jobs' directories; the parent's own split-file
+        temporaries there are kept (their ranges are re-run, or removed on interruption)."""
+        keep = {state.tmp for state in self.splits.values()}
+        for directory in set().union(*(job_dst_dirs(job) for job in jobs)):
+            with suppress(OSError):
+                remove_leftovers(directory, keep)
+
     def remove_split_temps(self) -> None:
         for state in self.splits.values():
             _remove(state.tmp)
@@ -286,6 +330,10 @@ class CopyRun:
 
     # -- results --------------------------------------------------------------------------------
     def on_result(self, result: JobResult) -> None:
+        self.followups.extend(result.handed_back)
+        job = self.dir_jobs.pop(result.job_id, None)
+        if job is not None and result.leftover:
+            self.followups.append(dataclasses.replace(job, job_id=self.planner.next_id(), names=result.leftover))
         file_id = self.range_owner.pop(result.job_id, None)
         if file_id is None:
             self.report.files += result.files

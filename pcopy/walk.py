@@ -66,11 +66,25 @@ def make_entry(src: str, rel: str, st: os.stat_result) -> Entry | None:
     )
 
 
-def walk_tree(root: str, *, dereference: bool, on_error: OnError) -> Iterator[Entry]:
-    """Yield every entry below root (not root itself), each directory before its contents.
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Up to `chunk` non-directory names of one source directory, not yet stat'ed: the workers
+    stat them, so the parent's cost per file is one directory-entry read (no syscall)."""
 
-    With dereference, symlinks are followed; a directory that is its own ancestor (a loop) is
-    reported through on_error as ELOOP and not entered. Errors never stop the walk.
+    src_dir: str
+    rel_dir: str
+    names: tuple[str, ...]
+
+
+def walk_tree(root: str, *, dereference: bool, on_error: OnError, chunk: int = 256) -> Iterator[Entry | Names]:
+    """Walk below root (not root itself): every directory as an Entry (stat'ed: its metadata
+    and loop detection need it), everything else as Names chunks. A directory's Entry comes
+    before anything inside it.
+
+    File types come from the directory entry (d_type), so files cost no syscall here. With
+    dereference, symlinks are followed (one stat each, to tell directories); a directory that
+    is its own ancestor (a loop) is reported through on_error as ELOOP and not entered. Errors
+    never stop the walk.
     """
     root_st = os.stat(root)
     # Ancestors are only needed to detect loops, which only followed symlinks can make.
@@ -83,6 +97,7 @@ def walk_tree(root: str, *, dereference: bool, on_error: OnError) -> Iterator[En
         except OSError as exc:
             on_error(path, exc)
             continue
+        names: list[str] = []
         with listing:
             while True:
                 try:
@@ -92,25 +107,34 @@ def walk_tree(root: str, *, dereference: bool, on_error: OnError) -> Iterator[En
                     break
                 if item is None:
                     break
+                try:
+                    is_dir = item.is_dir(follow_symlinks=dereference)
+                except OSError:
+                    is_dir = False  # the worker's own stat will report what is wrong with it
+                if not is_dir:
+                    names.append(item.name)
+                    if len(names) >= chunk:
+                        yield Names(path, rel, tuple(names))
+                        names = []
+                    continue
                 child_rel = os.path.join(rel, item.name) if rel else item.name
                 try:
                     st = item.stat(follow_symlinks=dereference)
                 except OSError as exc:
-                    if dereference and exc.errno in (errno.ENOENT, errno.ELOOP) and item.is_symlink():
-                        exc = OSError(exc.errno, "dangling or looping symlink", item.path)
                     on_error(item.path, exc)
                     continue
                 entry = make_entry(item.path, child_rel, st)
-                if entry is None:
-                    on_error(item.path, OSError(errno.EOPNOTSUPP, "unsupported file type", item.path))
+                if entry is None or entry.kind is not Kind.DIR:  # replaced since the listing
+                    names.append(item.name)
                     continue
-                if entry.kind is Kind.DIR:
+                if dereference:
                     key = (st.st_dev, st.st_ino)
-                    if dereference:
-                        if key in ancestors:
-                            on_error(item.path, OSError(errno.ELOOP, "symlink loop", item.path))
-                            continue
-                        stack.append((item.path, child_rel, ancestors | {key}))
-                    else:
-                        stack.append((item.path, child_rel, ancestors))
+                    if key in ancestors:
+                        on_error(item.path, OSError(errno.ELOOP, "symlink loop", item.path))
+                        continue
+                    stack.append((item.path, child_rel, ancestors | {key}))
+                else:
+                    stack.append((item.path, child_rel, ancestors))
                 yield entry
+        if names:
+            yield Names(path, rel, tuple(names))

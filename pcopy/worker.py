@@ -10,11 +10,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
-from pcopy.fastcopy import copy_range, data_segments, digest_range
-from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, Job, JobResult, Kind, RangeJob
+from pcopy.fastcopy import copy_range, data_segments, digest_range, is_sparse
+from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, DirJob, EntryTask, Job, JobResult, Kind, RangeJob
 from pcopy.metadata import (
     O_BINARY,
     O_CLOEXEC,
@@ -22,6 +23,7 @@ from pcopy.metadata import (
     apply_metadata,
     create_temp,
     make_special,
+    set_times,
     temp_mode,
     temp_path,
 )
@@ -36,6 +38,27 @@ class _Terminated(BaseException):
 
 
 _in_job = False
+_EUID = os.geteuid() if hasattr(os, "geteuid") else -1
+_EGID = os.getegid() if hasattr(os, "getegid") else -1
+_umask_cache: list[int] = []
+
+
+def _umask() -> int:
+    """This process' umask, read without changing it where the OS allows (changing it, even
+    for an instant, would race other threads of a library caller). Unknown: assume it strips
+    everything, so permissions are always set explicitly."""
+    if not _umask_cache:
+        value = 0o777
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("Umask:"):
+                        value = int(line.split()[1], 8)
+                        break
+        except (OSError, ValueError):
+            pass
+        _umask_cache.append(value)
+    return _umask_cache[0]
 _worker_queue: ProgressQueue | None = None  # set once per pool worker by init_worker
 # This worker's slot in the parent's shared table: slots[2*i] = pid, slots[2*i+1] = the job it
 # runs (-1 when idle), so the parent knows which job a dead worker took with it. Plain shared
@@ -88,13 +111,17 @@ def _exit_with_parent(parent: int) -> None:
 class _Progress:
     """Batches byte counts before they go on the queue: one put per PROGRESS_BYTES or interval."""
 
-    __slots__ = ("last", "pending_bytes", "pending_files", "queue")
+    __slots__ = ("found_bytes", "last", "pending_bytes", "pending_files", "queue")
 
     def __init__(self, queue: ProgressQueue) -> None:
         self.queue = queue
         self.pending_bytes = 0
         self.pending_files = 0
+        self.found_bytes = 0  # sizes the worker stat'ed: the display's total grows by these
         self.last = time.monotonic()
+
+    def add_found(self, n: int) -> None:
+        self.found_bytes += n
 
     def add_bytes(self, n: int) -> None:
         self.pending_bytes += n
@@ -107,9 +134,9 @@ class _Progress:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending_bytes or self.pending_files:
-            self.queue.put((self.pending_bytes, self.pending_files))
-            self.pending_bytes = self.pending_files = 0
+        if self.pending_bytes or self.pending_files or self.found_bytes:
+            self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes))
+            self.pending_bytes = self.pending_files = self.found_bytes = 0
         self.last = time.monotonic()
 
 
@@ -127,6 +154,8 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
     queue = queue if queue is not None else _worker_queue
     progress = _Progress(queue) if queue is not None else None
     try:
+        if isinstance(job, DirJob):
+            return _run_dir(job, progress)
         if isinstance(job, RangeJob):
             return _run_range(job, progress)
         return _run_batch(job, progress)
@@ -144,19 +173,99 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
     result = JobResult(job.job_id)
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     for task in job.tasks:
-        try:
-            if task.check_dst and up_to_date(task):
-                result.skipped += 1
-                result.skipped_bytes += task.size
-                on_bytes(task.size)
-            else:
-                result.bytes += copy_entry(task, job.options, on_bytes)
-                result.files += 1
-        except (OSError, ChangedError) as exc:
-            result.failures.append(CopyFailure.of(task.src, exc))
+        _copy_one(task, job.options, None, result, on_bytes)
         if progress is not None:
             progress.add_file()
     return result
+
+
+def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, result: JobResult,
+              on_bytes: Callable[[int], None]) -> None:
+    try:
+        if task.check_dst and up_to_date(task):
+            result.skipped += 1
+            result.skipped_bytes += task.size
+            on_bytes(task.size)
+        else:
+            result.bytes += copy_entry(task, options, on_bytes, dst_dir)
+            result.files += 1
+    except (OSError, ChangedError) as exc:
+        result.failures.append(CopyFailure.of(task.src, exc))
+
+
+@dataclass(frozen=True, slots=True)
+class DstDir:
+    """What a worker learns from one stat of a destination directory, for all files in it."""
+
+    dev: int
+    new_file_gid: int  # group a new file gets: the directory's if it is set-group-ID
+
+
+def _dst_dir(path: str) -> DstDir | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    gid = st.st_gid if st.st_mode & stat.S_ISGID else _EGID
+    return DstDir(st.st_dev, gid)
+
+
+def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
+    """stat each name and copy it, handing back what the parent must plan (large files, hard
+    links) and, past job_bytes, the names not reached."""
+    result = JobResult(job.job_id)
+    on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
+    dst_dir = _dst_dir(job.dst_dir)
+    stat_of = os.stat if job.options.dereference else os.lstat
+    join = os.path.join
+    spent = 0
+    for index, name in enumerate(job.names):
+        if spent >= job.job_bytes:
+            result.leftover = job.names[index:]
+            break
+        src = join(job.src_dir, name)
+        try:
+            st = stat_of(src)
+        except OSError as exc:
+            result.failures.append(CopyFailure.of(src, exc))
+            continue
+        task = task_from_stat(src, join(job.dst_dir, name), st, job.check_dst)
+        if task is None:
+            result.failures.append(CopyFailure(src, None, "not a file, symlink or special file"))
+            continue
+        if task.kind is Kind.FILE:
+            if progress is not None:
+                progress.add_found(task.size)
+            if task.size > job.split_bytes or (task.nlink > 1 and job.hand_back_links):
+                result.handed_back.append(task)
+                continue
+            spent += task.size
+        _copy_one(task, job.options, dst_dir, result, on_bytes)
+        if progress is not None:
+            progress.add_file()
+    return result
+
+
+def task_from_stat(src: str, dst: str, st: os.stat_result, check_dst: bool) -> EntryTask | None:
+    """The task for one stat'ed entry; None for a directory or an unknown file type."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        kind = Kind.FILE
+    elif stat.S_ISLNK(mode):
+        kind = Kind.SYMLINK
+    elif stat.S_ISFIFO(mode):
+        kind = Kind.FIFO
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = Kind.DEVICE
+    elif stat.S_ISSOCK(mode):
+        kind = Kind.SOCKET
+    else:
+        return None
+    size = st.st_size if kind is Kind.FILE else 0
+    blocks = getattr(st, "st_blocks", None)
+    return EntryTask(src, dst, kind, size, mode, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns,
+                     getattr(st, "st_rdev", 0), kind is Kind.FILE and is_sparse(size, blocks), check_dst,
+                     st.st_dev, st.st_ino, st.st_nlink)
 
 
 class ChangedError(Exception):
@@ -186,8 +295,10 @@ def up_to_date(task: EntryTask) -> bool:
     return False
 
 
-def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], None]) -> int:
-    """Copy one entry to a temporary name and rename it over task.dst. Returns bytes copied."""
+def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], None],
+               dst_dir: DstDir | None = None) -> int:
+    """Copy one entry to a temporary name and rename it over task.dst. Returns bytes copied.
+    dst_dir (optional) describes task.dst's directory and lets a file skip syscalls."""
     if task.kind is not Kind.FILE:
         tmp = temp_path(task.dst)
         make_special(task, tmp)
@@ -202,16 +313,26 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
     src_flags = os.O_RDONLY | O_BINARY | O_CLOEXEC | (0 if options.dereference else O_NOFOLLOW)
     src_fd = os.open(task.src, src_flags)
     try:
-        dst_fd, tmp = create_temp(task.dst, temp_mode(task.mode, shared_writes=False))
+        # Created with its final permissions where that is enough (no set-ID bits, nothing the
+        # umask strips, owner already right): then no fchmod or fchown is needed afterwards.
+        perms = stat.S_IMODE(task.mode)
+        owner_ok = not options.preserve_owner or (
+            dst_dir is not None and (task.uid, task.gid) == (_EUID, dst_dir.new_file_gid))
+        final_at_create = owner_ok and not perms & 0o7000 and not perms & _umask()
+        dst_fd, tmp = create_temp(task.dst, perms if final_at_create else temp_mode(task.mode, False))
         try:
             try:
-                copied = _copy_whole(src_fd, dst_fd, task, options, on_bytes)
+                devices = (task.dev, dst_dir.dev) if dst_dir is not None else None
+                copied = _copy_whole(src_fd, dst_fd, task, options, on_bytes, devices)
                 _check_unchanged(src_fd, task, copied)
                 if options.verify:
                     check_same(src_fd, dst_fd, 0, None)
                 if options.fsync:
                     os.fsync(dst_fd)
-                apply_metadata(tmp, task, options.preserve_owner, fd=dst_fd)
+                if final_at_create:
+                    set_times(dst_fd, tmp, task)
+                else:
+                    apply_metadata(tmp, task, options.preserve_owner, fd=dst_fd)
             finally:
                 os.close(dst_fd)
             os.replace(tmp, task.dst)
@@ -234,10 +355,13 @@ def _check_unchanged(src_fd: int, task: EntryTask, copied: int) -> None:
 
 
 def _copy_whole(src_fd: int, dst_fd: int, task: EntryTask, options: CopyOptions,
-                on_bytes: Callable[[int], None]) -> int:
+                on_bytes: Callable[[int], None], devices: tuple[int, int] | None) -> int:
     if not task.sparse:
-        return copy_range(src_fd, dst_fd, 0, None, use_fast_paths=options.use_fast_paths,
-                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes)
+        # The size the stat saw bounds the copy (no extra call to find EOF: growth is caught by
+        # _check_unchanged); a file that says 0 bytes may still have content (procfs): read it.
+        return copy_range(src_fd, dst_fd, 0, task.size or None,
+                          use_fast_paths=options.use_fast_paths and task.size > 0,
+                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices)
     # Holes stay holes: size the file first, then copy only the data segments.
     os.ftruncate(dst_fd, task.size)
     copied = 0

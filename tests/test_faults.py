@@ -154,8 +154,8 @@ def test_second_signal_during_cleanup_still_exits(tree: tuple[Path, Path]) -> No
     proc.send_signal(signal.SIGINT)
     time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=20)
-    assert proc.returncode == 130
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
     assert wait_gone(str(dst)) == []
 
 

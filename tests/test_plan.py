@@ -170,3 +170,28 @@ def test_same_file_is_refused() -> None:
 def test_symlinked_src_file_is_read_through_its_real_path() -> None:
     src = PathInfo("/a/link", "/a/link", "/real/f", Kind.FILE, True, True, 1, 3)
     assert resolve_target(src, info("/b/f")).src == "/real/f"
+
+
+def test_dir_job_carries_names_and_limits() -> None:
+    from pcopy.jobs import DirJob
+    from pcopy.walk import Names
+
+    p = planner(chunk_bytes=1000, batch_bytes=5000)
+    job = p.dir_job(Names("/s/d", "d", ("a", "b")), "/t/d", check_dst=False)
+    assert isinstance(job, DirJob)
+    assert (job.src_dir, job.dst_dir, job.names, job.check_dst) == ("/s/d", "/t/d", ("a", "b"), False)
+    assert (job.split_bytes, job.job_bytes, job.hand_back_links) == (1000, 5000, True)
+    assert p.dir_job(Names("/s", "", ("c",)), "/t", True).job_id != job.job_id
+
+
+def test_handed_back_tasks_are_split_or_linked() -> None:
+    from pcopy.plan import entry_task
+
+    p = planner(chunk_bytes=100)
+    big = entry_task(entry("big", 500), "/d/big", True)
+    assert [type(j) for j in p.add_task(big)] == [SplitFile]
+    first = entry_task(entry("a", 10, ino=3, nlink=2), "/d/a", True)
+    second = entry_task(entry("b", 10, ino=3, nlink=2), "/d/b", True)
+    assert p.add_task(first) == [] and p.add_task(second) == []
+    assert [t.dst for t in p.flush()[0].tasks] == ["/d/a"]  # type: ignore[union-attr]
+    assert [(link.dst, link.first_dst) for link in p.links] == [("/d/b", "/d/a")]

@@ -14,7 +14,7 @@ from pcopy.errors import RefusedError
 from pcopy.jobs import Kind
 from pcopy.runner import run_copy
 from pcopy.target import locate
-from pcopy.walk import walk_tree
+from pcopy.walk import Names, walk_tree
 
 
 @pytest.fixture
@@ -25,10 +25,17 @@ def fake() -> object:
         yield patcher.fs
 
 
-def _walk(root: str, dereference: bool = False) -> tuple[list[tuple[str, Kind]], list[str]]:
+def _walk(root: str, dereference: bool = False, chunk: int = 256) -> tuple[list[tuple[str, Kind | None]], list[str]]:
+    """(rel path, DIR for directories / None for names the workers will stat), errors."""
     errors: list[str] = []
-    entries = [(e.rel, e.kind) for e in walk_tree(root, dereference=dereference,
-                                                   on_error=lambda p, exc: errors.append(p))]
+    entries: list[tuple[str, Kind | None]] = []
+    for item in walk_tree(root, dereference=dereference, on_error=lambda p, exc: errors.append(p), chunk=chunk):
+        if isinstance(item, Names):
+            assert 0 < len(item.names) <= chunk
+            assert item.src_dir == os.path.join(root, item.rel_dir) if item.rel_dir else item.src_dir == root
+            entries += [(os.path.join(item.rel_dir, name), None) for name in item.names]
+        else:
+            entries.append((item.rel, item.kind))
     return entries, errors
 
 
@@ -47,7 +54,9 @@ def test_walk_yields_every_entry_once_dirs_before_contents(fake: object) -> None
         parent = os.path.dirname(rel)
         if parent:
             assert rels.index(parent) < rels.index(rel)
-    assert dict(entries)["d/link"] is Kind.SYMLINK
+    kinds = dict(entries)
+    assert kinds["d/link"] is None and kinds["a.txt"] is None  # not stat'ed by the walk
+    assert {rel for rel, kind in entries if kind is Kind.DIR} == {"d", "d/e", "empty"}
     assert errors == []
 
 
@@ -59,9 +68,9 @@ def test_walk_dereference_follows_links_and_reports_loops(fake: object) -> None:
     fs.create_symlink("/src/dangling", "nowhere")  # type: ignore[attr-defined]
     entries, errors = _walk("/src", dereference=True)
     kinds = dict(entries)
-    assert kinds["tofile"] is Kind.FILE
+    assert kinds["tofile"] is None and kinds["dangling"] is None  # workers stat (and report) them
     assert "d/up" not in kinds  # its target is an ancestor: a loop, reported, not entered
-    assert sorted(errors) == ["/src/d/up", "/src/dangling"]
+    assert errors == ["/src/d/up"]
 
 
 def test_walk_is_not_recursive(fake: object) -> None:
@@ -76,6 +85,14 @@ def test_walk_is_not_recursive(fake: object) -> None:
     finally:
         sys.setrecursionlimit(limit)
     assert len(entries) == 201
+
+
+def test_walk_hands_names_over_in_chunks(fake: object) -> None:
+    fs = fake
+    for i in range(10):
+        fs.create_file(f"/src/f{i}", contents="x")  # type: ignore[attr-defined]
+    entries, _ = _walk("/src", chunk=3)  # _walk checks every chunk holds 1..3 names
+    assert sorted(rel for rel, _ in entries) == sorted(f"f{i}" for i in range(10))
 
 
 def test_locate_rules_on_fake_paths(fake: object) -> None:
