@@ -410,6 +410,11 @@ class Run:
     started: str
 
 
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(OSError):  # already gone
+        os.killpg(pid, 9)
+
+
 def run_command(argv: list[str], env: dict[str, str]) -> tuple[float, int, str, MemoryMonitor]:
     """Run argv to completion: (wall seconds, exit code, stderr tail, memory monitor)."""
     with tempfile.TemporaryFile() as err:
@@ -418,13 +423,13 @@ def run_command(argv: list[str], env: dict[str, str]) -> tuple[float, int, str, 
                                 env=dict(os.environ, **env), start_new_session=True)
         monitor = MemoryMonitor(proc.pid)
         monitor.start()
-        try:
-            proc.wait(RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):  # already gone
-                os.killpg(proc.pid, 9)
-            proc.wait()
+        # Popen.wait(timeout) polls with sleeps of up to 50 ms, which would quantize every time;
+        # a blocking wait returns the moment the command exits, and a timer enforces the limit.
+        killer = threading.Timer(RUN_TIMEOUT_S, _kill_group, (proc.pid,))
+        killer.start()
+        proc.wait()
         wall = time.perf_counter() - started
+        killer.cancel()
         monitor.stop.set()
         monitor.join()
         err.seek(0)

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from pcopy import __version__
-from pcopy.config import DEFAULT_BUFFER_BYTES, Config, Method, default_jobs, parse_size
+from pcopy.config import DEFAULT_BUFFER_BYTES, DEFAULT_CHUNK_BYTES, Config, Method, default_jobs, parse_size
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -56,10 +56,10 @@ def copy_command(
     jobs: Annotated[Optional[int], typer.Option(
         "-j", "--jobs", min=1, show_default=False,
         help="Worker processes (default: CPUs available to pcopy).")] = None,
-    chunk_size: Annotated[str, typer.Option(
-        "--chunk-size", metavar="SIZE",
+    chunk_size: Annotated[Optional[str], typer.Option(
+        "--chunk-size", metavar="SIZE", show_default=False,
         help="Files larger than this are split into byte ranges copied in parallel "
-             "(e.g. 1048576, 64K, 8M, 1G).")] = "64M",
+             "(e.g. 1048576, 64K, 8M, 1G; default 256M).")] = None,
     method: Annotated[Method, typer.Option(
         "--method", case_sensitive=False,
         help="auto: kernel copy (copy_file_range, sendfile) with fallbacks; readwrite: the "
@@ -98,7 +98,7 @@ def copy_command(
     """
     config = Config(
         jobs=jobs if jobs is not None else default_jobs(),
-        chunk_bytes=_size(chunk_size),
+        chunk_bytes=_size(chunk_size) if chunk_size is not None else DEFAULT_CHUNK_BYTES,
         method=Method.READWRITE if buffer_size is not None else method,
         buffer_bytes=_size(buffer_size) if buffer_size is not None else DEFAULT_BUFFER_BYTES,
         dereference=dereference,

@@ -10,7 +10,6 @@ All copies use explicit offsets so byte-range jobs of one file can run in differ
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -177,6 +176,8 @@ def digest_range(fd: int, offset: int, length: int | None) -> bytes:
     BLAKE2b is in every Python (hashlib), runs at about 1 GB/s per core in C, and unlike a CRC
     a collision cannot be produced by accident or on purpose; 128 bits are plenty for equality.
     """
+    import hashlib  # only --verify needs it: kept off the start-up path
+
     h = hashlib.blake2b(digest_size=16)
     os.lseek(fd, offset, os.SEEK_SET)
     done = 0

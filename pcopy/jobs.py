@@ -67,8 +67,8 @@ class BatchJob:
 class DirJob:
     """Up to a batch of names in one source directory, stat'ed and copied by the worker. Files
     larger than split_bytes and files with more than one link are handed back to the parent
-    (byte ranges and hard links are the parent's to plan); once job_bytes are copied, the names
-    left are handed back too, so one job never holds a worker for much longer than another."""
+    (byte ranges and hard links are the parent's to plan), and so are files beyond job_bytes,
+    so one job never holds a worker for much longer than another."""
 
     job_id: int
     src_dir: str
@@ -123,4 +123,3 @@ class JobResult:
     skipped_bytes: int = 0
     failures: list[CopyFailure] = field(default_factory=list)
     handed_back: list[EntryTask] = field(default_factory=list)  # DirJob: for the parent to plan
-    leftover: tuple[str, ...] = ()  # DirJob: names not reached within job_bytes

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
 import re
-import secrets
 import stat
 
 from pcopy.jobs import EntryTask, Kind
@@ -26,12 +26,24 @@ _CHMOD_FD = os.chmod in os.supports_fd
 _HAS_CHOWN = hasattr(os, "chown")
 
 
+# Names up to this many characters fit in NAME_MAX with the temporary suffix however they
+# encode (4 bytes per character at most in UTF-8): no need to encode them to measure.
+_SHORT_NAME_CHARS = (NAME_MAX_BYTES - _TEMP_SUFFIX_BYTES) // 4
+
+
 def temp_path(dst: str) -> str:
-    """A fresh hidden name in dst's directory; long names are cut so it fits in NAME_MAX."""
-    head, name = os.path.split(dst)
-    raw = os.fsencode(name)[: NAME_MAX_BYTES - _TEMP_SUFFIX_BYTES]
-    temp = b"." + raw + os.fsencode(TEMP_MARKER) + secrets.token_hex(4).encode()
-    return os.path.join(head, os.fsdecode(temp))
+    """A fresh hidden name in dst's directory; long names are cut so it fits in NAME_MAX.
+
+    Runs once per file: string formatting and random.getrandbits (reseeded in every forked
+    worker by the random module) instead of os.path and secrets, which cost several times more.
+    """
+    sep = max(dst.rfind(os.sep), dst.rfind(os.altsep)) if os.altsep else dst.rfind(os.sep)
+    head, name = dst[: sep + 1], dst[sep + 1:]
+    suffix = f"{TEMP_MARKER}{random.getrandbits(32):08x}"
+    if len(name) > _SHORT_NAME_CHARS:
+        raw = os.fsencode(name)[: NAME_MAX_BYTES - _TEMP_SUFFIX_BYTES]
+        name = os.fsdecode(raw)
+    return f"{head}.{name}{suffix}"
 
 
 _TEMP_RE = re.compile(r"^\..*\.pcopy-[0-9a-f]{8}$", re.DOTALL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno as errno_module
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +71,8 @@ class CopyReport:
         }
 
     def to_json(self) -> str:
+        import json  # only --json needs it: kept off the start-up path
+
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=True)
 
     def summary(self) -> str:

@@ -19,7 +19,6 @@ carries 130/143 up to the caller.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import stat
@@ -35,7 +34,7 @@ from pcopy.config import Config
 from pcopy.errors import CopyInterruptedError
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.fastcopy import data_segments
-from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, DirJob, EntryTask, Job, JobResult, Kind, RangeJob
+from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, Job, JobResult, Kind, RangeJob
 from pcopy.metadata import apply_metadata, create_temp, remove_leftovers, temp_mode, temp_path
 from pcopy.plan import HardLink, Planner, SplitFile, dst_path, options_for, split_ranges
 from pcopy.progress import NullProgress, ProgressSink
@@ -109,10 +108,9 @@ class CopyRun:
         self.dirs: list[tuple[str, Entry]] = []  # (dst, entry) in walk order, for the end
         self.fresh_dirs: set[str] = set()  # rel paths of directories this run created
         self.blocked_dirs: set[str] = set()  # rel paths whose destination could not be made
-        self.dir_jobs: dict[int, DirJob] = {}  # DirJobs in flight, for their leftover names
-        # What results hand back (large files, hard links, names not reached) is planned from
-        # the main loop, never from inside a result handler (no re-entrant submission).
-        self.followups: deque[EntryTask | DirJob] = deque()
+        # What results hand back (large files, hard links, files beyond a job's budget) is
+        # planned from the main loop, never from inside a result handler (no re-entrant submits).
+        self.followups: deque[EntryTask] = deque()
         self.executor = Executor(config, progress.active, self.on_result, self.on_progress, self.clean_after)
 
     # -- driving --------------------------------------------------------------------------------
@@ -150,15 +148,7 @@ class CopyRun:
 
     def drain_followups(self) -> None:
         while self.followups:
-            item = self.followups.popleft()
-            if isinstance(item, DirJob):
-                self.submit_dir_job(item)
-            else:
-                self.submit_all(self.planner.add_task(item))
-
-    def submit_dir_job(self, job: DirJob) -> None:
-        self.dir_jobs[job.job_id] = job
-        self.executor.submit(job)
+            self.submit_all(self.planner.add_task(self.followups.popleft()))
 
     def on_progress(self, nbytes: int, files: int, found: int) -> None:
         if found:
@@ -183,7 +173,7 @@ class CopyRun:
             if isinstance(item, Names):
                 if item.rel_dir not in self.blocked_dirs:
                     check_dst = item.rel_dir not in self.fresh_dirs
-                    self.submit_dir_job(self.planner.dir_job(item, dst_path(root, item.rel_dir), check_dst))
+                    self.executor.submit(self.planner.dir_job(item, dst_path(root, item.rel_dir), check_dst))
             elif os.path.dirname(item.rel) in self.blocked_dirs:
                 self.blocked_dirs.add(item.rel)
             else:
@@ -331,9 +321,6 @@ class CopyRun:
     # -- results --------------------------------------------------------------------------------
     def on_result(self, result: JobResult) -> None:
         self.followups.extend(result.handed_back)
-        job = self.dir_jobs.pop(result.job_id, None)
-        if job is not None and result.leftover:
-            self.followups.append(dataclasses.replace(job, job_id=self.planner.next_id(), names=result.leftover))
         file_id = self.range_owner.pop(result.job_id, None)
         if file_id is None:
             self.report.files += result.files

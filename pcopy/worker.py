@@ -211,35 +211,42 @@ def _dst_dir(path: str) -> DstDir | None:
 
 
 def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
-    """stat each name and copy it, handing back what the parent must plan (large files, hard
-    links) and, past job_bytes, the names not reached."""
+    """stat every name, then copy them, except what the parent must plan: large files (byte
+    ranges), files with several links (hard links), and, when the names hold more than
+    job_bytes, the files beyond that budget (the parent spreads them over all workers, instead
+    of this one worker copying them in a row)."""
     result = JobResult(job.job_id)
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     dst_dir = _dst_dir(job.dst_dir)
     stat_of = os.stat if job.options.dereference else os.lstat
-    join = os.path.join
-    spent = 0
-    for index, name in enumerate(job.names):
-        if spent >= job.job_bytes:
-            result.leftover = job.names[index:]
-            break
-        src = join(job.src_dir, name)
+    # Plain concatenation: os.path.join costs ~2 us, twice per file.
+    src_prefix = os.path.join(job.src_dir, "")
+    dst_prefix = os.path.join(job.dst_dir, "")
+    tasks = []
+    total = 0
+    for name in job.names:
+        src = src_prefix + name
         try:
             st = stat_of(src)
         except OSError as exc:
             result.failures.append(CopyFailure.of(src, exc))
             continue
-        task = task_from_stat(src, join(job.dst_dir, name), st, job.check_dst)
+        task = task_from_stat(src, dst_prefix + name, st, job.check_dst)
         if task is None:
             result.failures.append(CopyFailure(src, None, "not a file, symlink or special file"))
+        elif task.kind is Kind.FILE and (task.size > job.split_bytes or (task.nlink > 1 and job.hand_back_links)):
+            result.handed_back.append(task)
+        else:
+            tasks.append(task)
+            total += task.size
+    if progress is not None:
+        progress.add_found(total + sum(t.size for t in result.handed_back))
+    spent = 0
+    for task in tasks:
+        if total > job.job_bytes and task.size and spent + task.size > job.job_bytes:
+            result.handed_back.append(task)
             continue
-        if task.kind is Kind.FILE:
-            if progress is not None:
-                progress.add_found(task.size)
-            if task.size > job.split_bytes or (task.nlink > 1 and job.hand_back_links):
-                result.handed_back.append(task)
-                continue
-            spent += task.size
+        spent += task.size
         _copy_one(task, job.options, dst_dir, result, on_bytes)
         if progress is not None:
             progress.add_file()
