@@ -141,10 +141,12 @@ class Executor:
     def _start_pool(self) -> None:
         if self.ctx is None:
             import multiprocessing
-            from multiprocessing.managers import SyncManager
 
             self.ctx = multiprocessing.get_context(self.config.start_method or default_start_method())
             if self.want_progress:
+                # Imported here: multiprocessing.managers alone costs ~30 ms of start-up.
+                from multiprocessing.managers import SyncManager
+
                 # Only when someone watches progress: a Manager is one more process (~50 ms).
                 self.manager = SyncManager(ctx=self.ctx)
                 self.manager.start(_ignore_sigint)
