@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -112,4 +113,26 @@ def locate(src_arg: str, dst_arg: str) -> Target:
     if src.kind not in (None, Kind.DIR) and (dst.kind is Kind.DIR or (not dst.lexists and dst.ends_with_sep)):
         name = os.path.basename(src.abspath)
         inner = probe(os.path.join(dst_arg, name))
-    return resolve_target(src, dst, inner)
+    target = resolve_target(src, dst, inner)
+    # What must be created at the top (the DST directory, or a file's parent) has to be creatable:
+    # otherwise refuse now, before anything is written, rather than fail on every entry.
+    must_create = target.dst if target.src_kind is Kind.DIR else os.path.dirname(target.dst)
+    problem = _not_creatable(must_create) if target.src_kind is not Kind.DIR or not dst.lexists else None
+    if problem is not None:
+        raise RefusedError(f"cannot write destination {_show(dst.given)}: {problem}")
+    return target
+
+
+def _not_creatable(path: str) -> str | None:
+    """Why entries cannot be created at path (or below its nearest existing ancestor), if so.
+    os.access answers for the real user, which is the user pcopy runs as."""
+    probe_at = path
+    while not os.path.lexists(probe_at):
+        parent = os.path.dirname(probe_at)
+        if parent == probe_at:
+            break
+        probe_at = parent
+    if not os.path.isdir(probe_at):
+        return f"{_show(probe_at)} is not a directory"
+    # Whether path exists (entries go inside it) or not (it is created inside probe_at).
+    return None if os.access(probe_at, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)

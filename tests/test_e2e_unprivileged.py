@@ -124,13 +124,36 @@ def test_device_node_reported_when_not_root(nobody: Nobody, world_tmp: Path, out
     assert temp_leftovers(out) == []
 
 
-def test_unwritable_destination_reported(nobody: Nobody, world_tmp: Path) -> None:
-    """DST's parent belongs to root (0755): nothing can be made there; reported, exit 1."""
+def test_unwritable_destination_refused(nobody: Nobody, world_tmp: Path) -> None:
+    """DST's parent belongs to root (0755): DST cannot be made there - a top-level problem,
+    refused before anything is written with exit 2 (also for a file SRC)."""
     src = world_tmp / "src"
     readable_tree(src)
     locked = world_tmp / "locked"
     locked.mkdir(mode=0o755)
-    run = nobody.run(src, locked / "dst", cwd=world_tmp)
+    for args in ([src, locked / "dst"], [src, locked / "new" / "deeper"], [src / "plain.txt", locked / "f.txt"]):
+        run = nobody.run(*args, cwd=world_tmp)
+        assert run.returncode == 2, run
+        assert len(run.stderr_lines) == 1 and "Permission denied" in run.stderr, run
+        assert os.listdir(locked) == []
+
+
+def test_unwritable_directory_inside_destination_reported(nobody: Nobody, world_tmp: Path, out: Path) -> None:
+    """A read-only directory already inside DST: its entries are reported by path, the rest is
+    copied, exit 1."""
+    src = world_tmp / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "x.txt").write_text("x")
+    (src / "top.txt").write_text("top")
+    for path in (src, src / "sub"):
+        os.chmod(path, 0o755)
+    dst = out / "dst"
+    (dst / "sub").mkdir(parents=True)
+    nobody.own(dst)
+    os.chmod(dst / "sub", 0o555)  # owned by root: uid 65534 cannot write in it
+    run = nobody.run(src, dst, "--json", cwd=world_tmp)
     assert run.returncode == 1, run
-    assert len(run.stderr_lines) == 1 and "Permission denied" in run.stderr, run
-    assert os.listdir(locked) == []
+    # The file cannot be created there, and the directory's mode and times cannot be set.
+    assert sorted(f["path"] for f in run.json()["failures"]) == sorted([str(src / "sub" / "x.txt"), str(dst / "sub")])
+    assert (dst / "top.txt").read_text() == "top"
+    assert not (dst / "sub" / "x.txt").exists()
