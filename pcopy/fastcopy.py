@@ -41,13 +41,14 @@ class _GiveUp(Exception):
     """A fast path is not available for this pair of files; nothing was written."""
 
 
-def _copy_file_range(src_fd: int, dst_fd: int, offset: int, length: int | None,
-                     on_bytes: OnBytes) -> int:
+def _copy_in_kernel(send: Callable[[int, int], int], offset: int, length: int | None,
+                    on_bytes: OnBytes) -> int:
+    """The loop shared by copy_file_range and sendfile: send(position, count) -> bytes sent."""
     done = 0
     while length is None or done < length:
         count = FAST_CALL_BYTES if length is None else min(FAST_CALL_BYTES, length - done)
         try:
-            sent = os.copy_file_range(src_fd, dst_fd, count, offset + done, offset + done)
+            sent = send(offset + done, count)
         except OSError as exc:
             if done == 0 and exc.errno in _GIVE_UP_ERRNOS:
                 raise _GiveUp from exc
@@ -63,25 +64,16 @@ def _copy_file_range(src_fd: int, dst_fd: int, offset: int, length: int | None,
     return done
 
 
+def _copy_file_range(src_fd: int, dst_fd: int, offset: int, length: int | None,
+                     on_bytes: OnBytes) -> int:
+    return _copy_in_kernel(lambda pos, count: os.copy_file_range(src_fd, dst_fd, count, pos, pos),
+                           offset, length, on_bytes)
+
+
 def _copy_sendfile(src_fd: int, dst_fd: int, offset: int, length: int | None,
                    on_bytes: OnBytes) -> int:
-    os.lseek(dst_fd, offset, os.SEEK_SET)
-    done = 0
-    while length is None or done < length:
-        count = FAST_CALL_BYTES if length is None else min(FAST_CALL_BYTES, length - done)
-        try:
-            sent = os.sendfile(dst_fd, src_fd, offset + done, count)
-        except OSError as exc:
-            if done == 0 and exc.errno in _GIVE_UP_ERRNOS:
-                raise _GiveUp from exc
-            raise
-        if sent == 0:
-            if done == 0 and (length is None or length > 0):
-                raise _GiveUp
-            break
-        done += sent
-        on_bytes(sent)
-    return done
+    os.lseek(dst_fd, offset, os.SEEK_SET)  # sendfile writes at dst's file position
+    return _copy_in_kernel(lambda pos, count: os.sendfile(dst_fd, src_fd, pos, count), offset, length, on_bytes)
 
 
 def _copy_loop(src_fd: int, dst_fd: int, offset: int, length: int | None, buffer_bytes: int,
