@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from pcopy.config import DEFAULT_BUFFER_BYTES, DEFAULT_CHUNK_BYTES, Config, Method, default_jobs
+from pcopy.config import DEFAULT_BUFFER_BYTES, DEFAULT_CHUNK_BYTES, Compare, Config, Method, default_jobs
+from pcopy.errors import RefusedError
+from pcopy.jobs import Kind
 from pcopy.progress import CallbackProgress, ProgressSink
 from pcopy.report import CopyReport
 from pcopy.runner import run_copy
@@ -28,6 +30,21 @@ def copy(
     preserve_hard_links: bool = True,
     start_method: str | None = None,
     progress: ProgressCallback | ProgressSink | None = None,
+    checksum: bool = False,
+    ignore_times: bool = False,
+    update: bool = False,
+    no_clobber: bool = False,
+    delete: bool = False,
+    delete_anyway: bool = False,
+    max_delete: int | None = None,
+    filters: Sequence[tuple[str, str]] | None = None,
+    dry_run: bool = False,
+    record_changes: bool = False,
+    preserve_perms: bool = True,
+    preserve_times: bool = True,
+    preserve_xattrs: bool = False,
+    preserve_owner: bool | None = None,
+    preserve_group: bool | None = None,
 ) -> CopyReport:
     """Copy src to dst exactly as `pcopy SRC DST` does and return the report.
 
@@ -35,7 +52,21 @@ def copy(
     raises :class:`pcopy.RefusedError`; SIGINT/SIGTERM raise :class:`pcopy.CopyInterruptedError`
     after temporary files are removed. ``progress`` is called as
     ``progress(bytes_done, bytes_total, files_done)`` from the calling thread.
+
+    The backup options mirror the CLI's: ``checksum`` (-c), ``ignore_times`` (-I), ``update``
+    (-u), ``no_clobber``, ``delete``/``delete_anyway``/``max_delete`` (``report.exit_code`` is 3
+    when the limit stopped the deletion), ``filters`` as ("include" | "exclude" |
+    "exclude-from", value) pairs in order, ``dry_run``, ``record_changes`` (fills
+    ``report.changes`` with (action, dst path) pairs), and what metadata to keep
+    (``preserve_owner``/``preserve_group`` None: when running as root).
     """
+    if checksum and ignore_times:
+        raise ValueError("checksum and ignore_times exclude each other")
+    filter_set = None
+    if filters:
+        from pcopy.filters import FilterSet
+
+        filter_set = FilterSet.from_options(filters)
     config = Config(
         jobs=jobs if jobs is not None else default_jobs(),
         chunk_bytes=chunk_size,
@@ -46,8 +77,24 @@ def copy(
         fsync=fsync,
         preserve_hard_links=preserve_hard_links,
         start_method=start_method,
+        compare=Compare.CHECKSUM if checksum else Compare.ALWAYS if ignore_times else Compare.QUICK,
+        update_only=update,
+        replace_existing=not no_clobber,
+        delete=delete or delete_anyway,
+        delete_after_failures=delete_anyway,
+        max_delete=max_delete,
+        filters=filter_set,
+        dry_run=dry_run,
+        record_changes=record_changes,
+        preserve_perms=preserve_perms,
+        preserve_times=preserve_times,
+        preserve_xattrs=preserve_xattrs,
+        preserve_owner=preserve_owner,
+        preserve_group=preserve_group,
     )
     target = locate(os.fspath(src), os.fspath(dst))
+    if config.delete and target.src_kind is not Kind.DIR:
+        raise RefusedError("--delete needs SRC to be a directory")
     sink: ProgressSink | None
     sink = progress if progress is None or isinstance(progress, ProgressSink) else CallbackProgress(progress)
     return run_copy(target, config, sink)

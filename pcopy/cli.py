@@ -1,7 +1,7 @@
 """The command line: options -> one Config -> run_copy -> output and exit code, all in one place.
 
 Exit codes: 0 all copied; 1 some entries failed; 2 usage error or refused input;
-130 SIGINT; 143 SIGTERM.
+3 --max-delete exceeded (nothing deleted); 130 SIGINT; 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,18 +9,45 @@ from __future__ import annotations
 import os
 import sys
 from enum import Enum
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from pcopy import __version__
-from pcopy.config import DEFAULT_BUFFER_BYTES, DEFAULT_CHUNK_BYTES, Config, Method, default_jobs, parse_size
+from pcopy.config import (
+    DEFAULT_BUFFER_BYTES,
+    DEFAULT_CHUNK_BYTES,
+    Compare,
+    Config,
+    Method,
+    default_jobs,
+    parse_size,
+)
+
+if TYPE_CHECKING:
+    from pcopy.report import CopyReport
+    from pcopy.target import Target
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
+EXIT_DELETE_LIMIT = 3  # the same value as pcopy.report.EXIT_DELETE_LIMIT
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
+
+# Where _ArgvCommand keeps the raw arguments in the click context's meta.
+_ARGV_KEY = "pcopy.argv"
+
+
+class _ArgvCommand(TyperCommand):
+    """Keeps the raw argument list: click collects --include and --exclude into separate
+    lists, losing how they interleave, and rsync-style rules depend on that order. Storing the
+    list here (not reading sys.argv) works the same under typer's CliRunner."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV_KEY] = list(args)
+        return super().parse_args(ctx, args)
 
 
 class StartMethod(str, Enum):
@@ -48,8 +75,9 @@ def _err(line: str) -> None:
     sys.stderr.flush()
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(cls=_ArgvCommand, context_settings={"help_option_names": ["-h", "--help"]})
 def copy_command(
+    ctx: typer.Context,
     src: Annotated[str, typer.Argument(help="File or directory to copy.", show_default=False)],
     dst: Annotated[str, typer.Argument(help="Where the copy goes (created if missing).",
                                        show_default=False)],
@@ -86,6 +114,60 @@ def copy_command(
     start_method: Annotated[Optional[StartMethod], typer.Option(
         "--start-method", show_default=False,
         help="multiprocessing start method (default: fork on Linux, spawn elsewhere).")] = None,
+    checksum: Annotated[bool, typer.Option(
+        "-c", "--checksum", help="Judge existing files by content (BLAKE2b digests when sizes "
+                                 "match) instead of size and mtime.")] = False,
+    ignore_times: Annotated[bool, typer.Option(
+        "-I", "--ignore-times", help="Copy every file, even when size and mtime match.")] = False,
+    update: Annotated[bool, typer.Option(
+        "-u", "--update", help="Never replace a DST file whose mtime is newer than SRC's.")] = False,
+    no_clobber: Annotated[bool, typer.Option(
+        "--no-clobber", help="Never replace an existing DST entry (they count as skipped).")] = False,
+    delete: Annotated[bool, typer.Option(
+        "--delete", help="Mirror: after a copy without failures, remove DST entries SRC lacks "
+                         "(excluded ones stay; symlinks are removed, never followed).")] = False,
+    delete_anyway: Annotated[bool, typer.Option(
+        "--delete-anyway", help="--delete even when some entries failed to copy (implies "
+                                "--delete).")] = False,
+    max_delete: Annotated[Optional[int], typer.Option(
+        "--max-delete", min=0, metavar="N", show_default=False,
+        help="With --delete: if more than N entries would be deleted, delete none and exit "
+             "3.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", metavar="PATTERN", show_default=False,
+        help="Skip paths matching PATTERN (rsync rules; repeatable; with --include the first "
+             "matching rule in command-line order wins).")] = None,
+    include: Annotated[Optional[list[str]], typer.Option(
+        "--include", metavar="PATTERN", show_default=False,
+        help="Keep paths matching PATTERN even if a later --exclude matches.")] = None,
+    exclude_from: Annotated[Optional[list[str]], typer.Option(
+        "--exclude-from", metavar="FILE", show_default=False,
+        help="Read exclude patterns from FILE, one per line ('+ ' includes, '- ' excludes, "
+             "'-' is stdin).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "-n", "--dry-run", help="Report what would be copied, replaced, skipped and deleted; "
+                                "change nothing.")] = False,
+    itemize: Annotated[bool, typer.Option(
+        "-i", "-v", "--itemize", "--verbose",
+        help="Print one line per changed entry on stdout: copied/replaced/deleted PATH.")] = False,
+    log: Annotated[Optional[str], typer.Option(
+        "--log", metavar="FILE", show_default=False,
+        help="Append the changed entries and the summary to FILE.")] = None,
+    no_perms: Annotated[bool, typer.Option(
+        "--no-perms", help="Do not copy permissions: copies get SRC's bits less the umask, "
+                           "without set-ID bits.")] = False,
+    no_times: Annotated[bool, typer.Option(
+        "--no-times", help="Do not copy times (re-runs then copy every file again).")] = False,
+    no_hard_links: Annotated[bool, typer.Option(
+        "--no-hard-links", help="Copy hard-linked names as separate files.")] = False,
+    xattrs: Annotated[bool, typer.Option(
+        "--xattrs", help="Copy extended attributes (Linux).")] = False,
+    owner: Annotated[bool, typer.Option(
+        "--owner", help="Set the owner to SRC's (default when root; otherwise usually "
+                        "fails, and each failure is reported).")] = False,
+    group: Annotated[bool, typer.Option(
+        "--group", help="Set the group to SRC's (default when root; a user may set groups "
+                        "they belong to).")] = False,
     version: Annotated[Optional[bool], typer.Option(
         "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
 ) -> None:
@@ -94,8 +176,25 @@ def copy_command(
     SRC a directory: DST becomes its copy (merged into DST when DST exists). SRC a file: DST is
     its copy, or DST/<name> when DST is a directory. Up-to-date files (same size and mtime) are
     skipped. Exit codes: 0 all copied, 1 some entries failed, 2 usage error or refused input,
-    130/143 interrupted.
+    3 --max-delete exceeded (nothing deleted), 130/143 interrupted.
     """
+    from pcopy.metadata import XATTRS_SUPPORTED
+
+    if checksum and ignore_times:
+        raise typer.BadParameter("--checksum and --ignore-times exclude each other")
+    if xattrs and not XATTRS_SUPPORTED:
+        raise typer.BadParameter("--xattrs: extended attributes are not supported on this platform")
+    filters = None
+    if exclude or include or exclude_from:
+        from pcopy.filters import FilterSet, ordered_filter_args
+
+        try:
+            filters = FilterSet.from_options(ordered_filter_args(ctx.meta.get(_ARGV_KEY, [])))
+        except (OSError, ValueError) as exc:
+            _err(f"pcopy: {exc}" if not isinstance(exc, OSError) or not exc.filename
+                 else f"pcopy: {exc.strerror}: {exc.filename!r}")
+            raise typer.Exit(EXIT_USAGE) from None
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
     config = Config(
         jobs=jobs if jobs is not None else default_jobs(),
         chunk_bytes=_size(chunk_size) if chunk_size is not None else DEFAULT_CHUNK_BYTES,
@@ -105,13 +204,74 @@ def copy_command(
         verify=verify,
         fsync=fsync,
         start_method=start_method.value if start_method is not None else None,
+        preserve_owner=bool(owner or root),
+        preserve_group=bool(group or root),
+        preserve_hard_links=not no_hard_links,
+        preserve_perms=not no_perms,
+        preserve_times=not no_times,
+        preserve_xattrs=xattrs,
+        compare=Compare.CHECKSUM if checksum else Compare.ALWAYS if ignore_times else Compare.QUICK,
+        update_only=update,
+        replace_existing=not no_clobber,
+        dry_run=dry_run,
+        delete=delete or delete_anyway,
+        delete_after_failures=delete_anyway,
+        max_delete=max_delete,
+        filters=filters,
+        record_changes=itemize or log is not None,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not quiet)
-    raise typer.Exit(_run(src, dst, config, show_bar, json_report, quiet))
+    output = _Output(json_report, quiet, itemize, log)
+    raise typer.Exit(_run(src, dst, config, show_bar, output))
 
 
-def _run(src: str, dst: str, config: Config, show_bar: bool, json_report: bool, quiet: bool) -> int:
+class _Output:
+    """Display choices (never copy settings): JSON or a summary, itemized changes, a log file."""
+
+    def __init__(self, json_report: bool, quiet: bool, itemize: bool, log: str | None) -> None:
+        self.json_report = json_report
+        self.quiet = quiet
+        self.itemize = itemize
+        self.log = log
+
+    def show(self, report: CopyReport, target: Target) -> int:
+        """Print the report; returns the exit code (1 when the log cannot be written)."""
+        from pcopy.jobs import Kind
+
+        # Paths relative to DST for a tree; a single file's path as it is.
+        lines = report.change_lines(target.dst if target.src_kind is Kind.DIR else None)
+        if report.delete_skipped:
+            _err(f"pcopy: --delete skipped: {report.failed} entries failed (--delete-anyway deletes anyway)")
+        if report.delete_limited:
+            _err("pcopy: --delete stopped by --max-delete: more entries would be deleted than "
+                 "allowed; nothing was deleted")
+        if self.json_report:
+            import json
+
+            data = report.to_dict()
+            if self.itemize:
+                data["changes"] = lines
+            typer.echo(json.dumps(data, indent=2, ensure_ascii=True))
+        else:
+            if self.itemize:
+                for line in lines:
+                    typer.echo(line)
+            if not self.quiet:
+                typer.echo(report.summary())
+        if self.log is not None:
+            try:
+                with open(self.log, "a", encoding="utf-8", errors="backslashreplace") as fh:
+                    fh.writelines(line + "\n" for line in lines)
+                    fh.write(report.summary() + "\n")
+            except OSError as exc:
+                _err(f"pcopy: cannot write --log file: {exc.strerror}: {self.log!r}")
+                return report.exit_code or EXIT_FAILURES
+        return report.exit_code
+
+
+def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) -> int:
     from pcopy.errors import CopyInterruptedError, RefusedError
+    from pcopy.jobs import Kind
     from pcopy.progress import NullProgress, ProgressSink, TqdmProgress
     from pcopy.report import format_failure
     from pcopy.runner import InterruptGuard, run_copy
@@ -122,6 +282,9 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, json_report: bool, 
     InterruptGuard().install()
     try:
         target = locate(src, dst)
+        if config.delete and target.src_kind is not Kind.DIR:
+            _err("pcopy: --delete needs SRC to be a directory")
+            return EXIT_USAGE
         sink: ProgressSink = TqdmProgress() if show_bar else NullProgress()
         report = run_copy(target, config, sink)
     except RefusedError as exc:
@@ -136,11 +299,7 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, json_report: bool, 
         return EXIT_FAILURES
     for failure in report.failures:
         _err(format_failure(failure))
-    if json_report:
-        typer.echo(report.to_json())
-    elif not quiet:
-        typer.echo(report.summary())
-    return report.exit_code
+    return output.show(report, target)
 
 
 def main() -> None:

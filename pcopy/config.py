@@ -6,6 +6,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pcopy.filters import FilterSet
 
 # Files larger than this are split into byte-range jobs copied by several workers. Measured here
 # (benchmarks/, 2 cores, ext4 page cache -> tmpfs): Linux serialises buffered writes to one file
@@ -29,6 +33,14 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 # queue put costs tens of microseconds, so per-read messages would cost more than the copy.
 PROGRESS_INTERVAL_S = 0.1
 PROGRESS_BYTES = 8 * 1024 * 1024
+
+
+class Compare(str, Enum):
+    """How an existing DST file is judged up to date."""
+
+    QUICK = "quick"  # same size and mtime_ns (rsync's quick check): skipped
+    CHECKSUM = "checksum"  # same size and the same BLAKE2b digest of the content: skipped
+    ALWAYS = "always"  # never up to date: every file is copied again (--ignore-times)
 
 
 class Method(str, Enum):
@@ -57,6 +69,20 @@ class Config:
     dereference: bool = False
     preserve_owner: bool | None = None  # None: when running as root (only root may chown)
     preserve_hard_links: bool = True  # names sharing an inode in SRC share one in DST
+    # None: as preserve_owner (root keeps both); True/False: chown to the source gid or not.
+    preserve_group: bool | None = None
+    preserve_perms: bool = True  # False: source permissions masked by the umask, no set-ID bits
+    preserve_times: bool = True  # False: copies get the time they were written
+    preserve_xattrs: bool = False  # extended attributes (Linux); off by default like cp -a/rsync -a
+    compare: Compare = Compare.QUICK
+    update_only: bool = False  # never replace a DST file whose mtime is newer than SRC's
+    replace_existing: bool = True  # False (--no-clobber): an existing DST entry is never replaced
+    dry_run: bool = False  # walk, judge and count, write nothing
+    delete: bool = False  # remove DST entries SRC lacks, after a copy without failures
+    delete_after_failures: bool = False  # --delete-anyway: delete even when the copy had failures
+    max_delete: int | None = None  # more deletions than this: delete nothing, exit 3
+    filters: FilterSet | None = None  # --include/--exclude rules; None or empty: everything
+    record_changes: bool = False  # collect every copied/replaced/deleted path (--itemize, --log)
     verify: bool = False  # compare content digests of source and copy before each rename
     fsync: bool = False  # flush files (and directories) to stable storage before renames
     batch_files: int = BATCH_FILES
@@ -73,6 +99,8 @@ class Config:
             raise ValueError("buffer size must be at least 1 byte")
         if self.batch_files < 1 or self.batch_bytes < 1:
             raise ValueError("batch limits must be at least 1")
+        if self.max_delete is not None and self.max_delete < 0:
+            raise ValueError("max delete must be at least 0")
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)

@@ -29,6 +29,35 @@ class CopyOptions:
     dereference: bool = False
     verify: bool = False  # re-read both sides and compare digests before the rename
     fsync: bool = False  # flush each file to stable storage before its rename
+    preserve_group: bool = False
+    preserve_perms: bool = True
+    preserve_times: bool = True
+    preserve_xattrs: bool = False
+    # How an existing destination is judged (COMPARE_*), whether it may be replaced at all, and
+    # whether anything is written. `plain` is True when all of these are at their defaults, so
+    # the per-file loop tests one attribute instead of several on the default path.
+    compare: int = 0
+    update_only: bool = False
+    replace_existing: bool = True
+    dry_run: bool = False
+    record_changes: bool = False  # JobResult.changes lists each copied/replaced destination
+    plain: bool = True
+
+
+# CopyOptions.compare values (ints: compared once per file in the workers).
+COMPARE_QUICK = 0  # size and mtime_ns
+COMPARE_CHECKSUM = 1  # size and content digest
+COMPARE_ALWAYS = 2  # never up to date (--ignore-times)
+
+# What a worker found at a destination before copying (see worker.dst_state).
+DST_MISSING = 0  # nothing there: the entry is copied
+DST_DIFFERS = 1  # something else there: the entry is replaced
+DST_SAME = 2  # up to date (or must not be replaced): skipped
+
+# Actions in JobResult.changes and CopyReport.changes.
+COPIED = "copied"
+REPLACED = "replaced"
+DELETED = "deleted"
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass' __init__ costs ~2x, once per file
@@ -117,9 +146,14 @@ class CopyFailure:
 @dataclass(slots=True)
 class JobResult:
     job_id: int
-    files: int = 0  # entries copied (files, symlinks, special files)
+    files: int = 0  # entries copied or replaced (files, symlinks, special files)
     bytes: int = 0
+    replaced: int = 0  # of files: those that replaced an existing destination entry
+    replaced_bytes: int = 0
     skipped: int = 0  # up-to-date entries left alone (quick check)
     skipped_bytes: int = 0
     failures: list[CopyFailure] = field(default_factory=list)
     handed_back: list[EntryTask] = field(default_factory=list)  # DirJob: for the parent to plan
+    # (action, dst) of each copied/replaced entry; None unless CopyOptions.record_changes, so
+    # the default path builds no per-file list.
+    changes: list[tuple[str, str]] | None = None

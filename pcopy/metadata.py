@@ -90,26 +90,60 @@ def temp_mode(mode: int, shared_writes: bool) -> int:
     return bits | stat.S_IWUSR if shared_writes else bits
 
 
-def apply_metadata(path: str, task: EntryTask, preserve_owner: bool, fd: int | None = None) -> None:
-    """Ownership, then mode (chown clears set-id bits), then times. Symlinks: owner and times."""
+def apply_metadata(path: str, task: EntryTask, preserve_owner: bool, fd: int | None = None, *,
+                   preserve_group: bool | None = None, times: bool = True) -> None:
+    """Ownership, then mode (chown clears set-id bits), then times. Symlinks: owner and times.
+    preserve_group None follows preserve_owner; times False leaves the times the write gave."""
     is_link = task.kind is Kind.SYMLINK
-    if preserve_owner and _HAS_CHOWN:
+    group = preserve_owner if preserve_group is None else preserve_group
+    if (preserve_owner or group) and _HAS_CHOWN:
+        # -1 leaves that id alone: a non-root user may set a group it belongs to (--group)
+        # without being allowed to give the file away (--owner).
+        uid = task.uid if preserve_owner else -1
+        gid = task.gid if group else -1
         if fd is not None:
-            os.fchown(fd, task.uid, task.gid)
+            os.fchown(fd, uid, gid)
         else:
-            os.chown(path, task.uid, task.gid, follow_symlinks=False)
+            os.chown(path, uid, gid, follow_symlinks=False)
     if not is_link:
         if fd is not None and _CHMOD_FD:
             os.chmod(fd, stat.S_IMODE(task.mode))
         else:
             os.chmod(path, stat.S_IMODE(task.mode))
-    times = (task.atime_ns, task.mtime_ns)
+    if not times:
+        return
+    times_ns = (task.atime_ns, task.mtime_ns)
     if fd is not None and _UTIME_FD:
-        os.utime(fd, ns=times)
+        os.utime(fd, ns=times_ns)
     elif not is_link:
-        os.utime(path, ns=times)
+        os.utime(path, ns=times_ns)
     elif _UTIME_FOLLOWS:
-        os.utime(path, ns=times, follow_symlinks=False)
+        os.utime(path, ns=times_ns, follow_symlinks=False)
+
+
+def masked_mode(mode: int, umask: int) -> int:
+    """--no-perms: the mode a new entry gets, as cp without -p gives it: the source's
+    permission bits without set-ID/sticky bits, less what the umask removes."""
+    return stat.S_IFMT(mode) | (stat.S_IMODE(mode) & 0o777 & ~umask)
+
+
+# Extended attributes are a Linux (and a few other systems') API in Python: os.listxattr exists
+# only there, so --xattrs is refused elsewhere instead of silently copying none.
+XATTRS_SUPPORTED = hasattr(os, "listxattr")
+
+
+def copy_xattrs(src: str, dst: str | int, *, follow_symlinks: bool) -> None:
+    """Copy every extended attribute of src (a path) to dst (an open fd or a path, never
+    followed). The first attribute that cannot be read or set raises OSError with its name."""
+    for name in os.listxattr(src, follow_symlinks=follow_symlinks):
+        try:
+            value = os.getxattr(src, name, follow_symlinks=follow_symlinks)
+            if isinstance(dst, int):
+                os.setxattr(dst, name, value)
+            else:
+                os.setxattr(dst, name, value, follow_symlinks=False)
+        except OSError as exc:
+            raise OSError(exc.errno, f"extended attribute {name}: {exc.strerror}", src) from exc
 
 
 def set_times(fd: int, path: str, task: EntryTask) -> None:

@@ -17,9 +17,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pcopy.config import Config, Method
+from pcopy.config import Compare, Config, Method
 from pcopy.fastcopy import is_sparse
-from pcopy.jobs import BatchJob, CopyOptions, DirJob, EntryTask, Kind
+from pcopy.jobs import (
+    COMPARE_ALWAYS,
+    COMPARE_CHECKSUM,
+    COMPARE_QUICK,
+    BatchJob,
+    CopyOptions,
+    DirJob,
+    EntryTask,
+    Kind,
+)
 from pcopy.walk import Entry, Names
 
 
@@ -39,7 +48,15 @@ class HardLink:
     first_dst: str
 
 
-def options_for(config: Config, preserve_owner: bool) -> CopyOptions:
+_COMPARE_CODES = {Compare.QUICK: COMPARE_QUICK, Compare.CHECKSUM: COMPARE_CHECKSUM,
+                  Compare.ALWAYS: COMPARE_ALWAYS}
+
+
+def options_for(config: Config, preserve_owner: bool, preserve_group: bool | None = None) -> CopyOptions:
+    compare = _COMPARE_CODES[config.compare]
+    plain = (compare == COMPARE_QUICK and not config.update_only and config.replace_existing
+             and not config.dry_run and not config.record_changes and config.preserve_perms
+             and config.preserve_times and not config.preserve_xattrs)
     return CopyOptions(
         use_fast_paths=config.method is Method.AUTO,
         buffer_bytes=config.buffer_bytes,
@@ -47,6 +64,16 @@ def options_for(config: Config, preserve_owner: bool) -> CopyOptions:
         dereference=config.dereference,
         verify=config.verify,
         fsync=config.fsync,
+        preserve_group=preserve_owner if preserve_group is None else preserve_group,
+        preserve_perms=config.preserve_perms,
+        preserve_times=config.preserve_times,
+        preserve_xattrs=config.preserve_xattrs,
+        compare=compare,
+        update_only=config.update_only,
+        replace_existing=config.replace_existing,
+        dry_run=config.dry_run,
+        record_changes=config.record_changes,
+        plain=plain,
     )
 
 

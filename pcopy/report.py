@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import errno as errno_module
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from pcopy.jobs import CopyFailure
+
+# Exit code when --max-delete stopped --delete: more entries would have been deleted than
+# allowed, so nothing was deleted (the copy itself may have succeeded).
+EXIT_DELETE_LIMIT = 3
 
 _ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
@@ -31,7 +36,9 @@ def escape(path: str) -> str:
 
 @dataclass
 class CopyReport:
-    """What a copy did. `files` counts every non-directory entry copied (hard links included)."""
+    """What a copy did (or, in a dry run, would do). `files` counts every non-directory entry
+    copied or replaced (hard links included); `replaced` is the part of it that replaced an
+    existing destination entry, so copied = files - replaced."""
 
     files: int = 0
     dirs: int = 0
@@ -40,13 +47,32 @@ class CopyReport:
     skipped_bytes: int = 0
     seconds: float = 0.0
     failures: list[CopyFailure] = field(default_factory=list)
+    replaced: int = 0
+    replaced_bytes: int = 0
+    deleted: int = 0  # --delete: entries removed from DST (would be, in a dry run)
+    delete_limited: bool = False  # --max-delete was exceeded: nothing deleted, exit 3
+    delete_skipped: bool = False  # --delete not run because the copy had failures
+    dry_run: bool = False
+    # (action, dst path) per copied/replaced/deleted entry; only filled when asked for
+    # (Config.record_changes), so the default run keeps no per-file list.
+    changes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
         return len(self.failures)
 
     @property
+    def copied(self) -> int:
+        return self.files - self.replaced
+
+    @property
+    def copied_bytes(self) -> int:
+        return self.bytes - self.replaced_bytes
+
+    @property
     def exit_code(self) -> int:
+        if self.delete_limited:
+            return EXIT_DELETE_LIMIT
         return 1 if self.failures else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,8 +80,16 @@ class CopyReport:
             "files": self.files,
             "dirs": self.dirs,
             "bytes": self.bytes,
+            "copied": self.copied,
+            "copied_bytes": self.copied_bytes,
+            "replaced": self.replaced,
+            "replaced_bytes": self.replaced_bytes,
             "skipped": self.skipped,
             "skipped_bytes": self.skipped_bytes,
+            "deleted": self.deleted,
+            "delete_limited": self.delete_limited,
+            "delete_skipped": self.delete_skipped,
+            "dry_run": self.dry_run,
             "failed": self.failed,
             "seconds": round(self.seconds, 6),
             "exit_code": self.exit_code,
@@ -77,10 +111,29 @@ class CopyReport:
 
     def summary(self) -> str:
         rate = self.bytes / self.seconds if self.seconds > 0 else 0.0
-        return (
+        line = (
             f"pcopy: {self.files} files, {self.dirs} dirs, {format_bytes(self.bytes)} in "
             f"{self.seconds:.2f} s ({format_bytes(rate)}/s); skipped {self.skipped}, failed {self.failed}"
         )
+        if self.replaced:
+            line += f", replaced {self.replaced}"
+        if self.deleted or self.delete_limited:
+            line += f", deleted {self.deleted}"
+        if self.delete_limited:
+            line += " (--max-delete exceeded: nothing deleted)"
+        if self.dry_run:
+            line += " (dry run: nothing changed)"
+        return line
+
+    def change_lines(self, dst_root: str | None = None) -> list[str]:
+        """One `ACTION PATH` line per change (--itemize, --log); paths relative to dst_root
+        when they are below it, escaped so every line stays one line."""
+        prefix = os.path.join(dst_root, "") if dst_root else None
+        lines = []
+        for action, path in self.changes:
+            shown = path[len(prefix):] if prefix and path.startswith(prefix) else path
+            lines.append(f"{action} {escape(shown)}")
+        return lines
 
 
 def format_failure(failure: CopyFailure) -> str:

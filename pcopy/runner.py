@@ -34,14 +34,37 @@ from pcopy.config import Config
 from pcopy.errors import CopyInterruptedError
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.fastcopy import data_segments
-from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, EntryTask, Job, JobResult, Kind, RangeJob
-from pcopy.metadata import apply_metadata, create_temp, remove_leftovers, temp_mode, temp_path
+from pcopy.jobs import (
+    COPIED,
+    DELETED,
+    DST_DIFFERS,
+    DST_MISSING,
+    DST_SAME,
+    REPLACED,
+    BatchJob,
+    CopyFailure,
+    CopyOptions,
+    EntryTask,
+    Job,
+    JobResult,
+    Kind,
+    RangeJob,
+)
+from pcopy.metadata import (
+    apply_metadata,
+    copy_xattrs,
+    create_temp,
+    masked_mode,
+    remove_leftovers,
+    temp_mode,
+    temp_path,
+)
 from pcopy.plan import HardLink, Planner, SplitFile, dst_path, options_for, split_ranges
 from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
 from pcopy.target import Target
 from pcopy.walk import Entry, Names, make_entry, walk_tree
-from pcopy.worker import ChangedError, up_to_date
+from pcopy.worker import ChangedError, _umask, dst_state, judge, task_from_stat
 
 
 @dataclass
@@ -52,6 +75,7 @@ class _SplitState:
     tmp: str
     remaining: int
     failures: list[CopyFailure] = field(default_factory=list)
+    replaces: bool = False  # an existing destination entry will be replaced
 
 
 class InterruptGuard:
@@ -101,7 +125,9 @@ class CopyRun:
         self.report = CopyReport()
         root = hasattr(os, "geteuid") and os.geteuid() == 0
         self.preserve_owner = root if config.preserve_owner is None else config.preserve_owner
-        self.options: CopyOptions = options_for(config, self.preserve_owner)
+        self.preserve_group = self.preserve_owner if config.preserve_group is None else config.preserve_group
+        self.options: CopyOptions = options_for(config, self.preserve_owner, self.preserve_group)
+        self.report.dry_run = config.dry_run
         self.planner = Planner(config, self.options)
         self.splits: dict[int, _SplitState] = {}
         self.range_owner: dict[int, int] = {}  # job_id of a RangeJob -> its split file's id
@@ -111,6 +137,7 @@ class CopyRun:
         # What results hand back (large files, hard links, files beyond a job's budget) is
         # planned from the main loop, never from inside a result handler (no re-entrant submits).
         self.followups: deque[EntryTask] = deque()
+        self.mirror_target: Target | None = None  # --delete: run mirror() for it after the copy
         self.executor = Executor(config, progress.active, self.on_result, self.on_progress, self.clean_after)
 
     # -- driving --------------------------------------------------------------------------------
@@ -128,6 +155,9 @@ class CopyRun:
                 self.remove_split_temps()
             self.progress.close()
         self.make_links()
+        if self.mirror_target is not None:
+            # Before directory metadata: removing entries changes their directories' mtimes.
+            mirror(self.mirror_target, self.config, self.report)
         self.finish_dirs()
         self.report.seconds = time.perf_counter() - start
         return self.report
@@ -159,7 +189,7 @@ class CopyRun:
         entry = make_entry(target.src, "", os.stat(target.src))
         assert entry is not None
         parent = os.path.dirname(target.dst)
-        if parent:
+        if parent and not self.config.dry_run:
             os.makedirs(parent, exist_ok=True)
         self.plan(entry, target.dst, check_dst=True)
 
@@ -168,8 +198,10 @@ class CopyRun:
         root_entry = make_entry(target.src, "", os.stat(target.src))
         assert root_entry is not None
         self.make_dir(root_entry, root, parents=True)
+        filters = self.config.filters
         for item in walk_tree(target.src, dereference=self.config.dereference,
-                              on_error=self.walk_error, chunk=self.config.batch_files):
+                              on_error=self.walk_error, chunk=self.config.batch_files,
+                              excluded=filters.excluded if filters else None):
             if isinstance(item, Names):
                 if item.rel_dir not in self.blocked_dirs:
                     check_dst = item.rel_dir not in self.fresh_dirs
@@ -198,7 +230,11 @@ class CopyRun:
     # -- directories ----------------------------------------------------------------------------
     def make_dir(self, entry: Entry, dst: str, parents: bool = False) -> None:
         """Create dst private (0700) so nothing is readable before its final mode is applied at
-        the end; an existing directory is merged into."""
+        the end; an existing directory is merged into. A dry run only looks: a directory that
+        is not there counts as made, and nothing below it can exist (check_dst False)."""
+        if self.config.dry_run:
+            self.look_at_dir(entry, dst, parents)
+            return
         try:
             if parents:
                 os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
@@ -221,26 +257,59 @@ class CopyRun:
             return
         self.dirs.append((dst, entry))
 
+    def look_at_dir(self, entry: Entry, dst: str, parents: bool) -> None:
+        try:
+            st = os.stat(dst) if parents else os.lstat(dst)
+        except FileNotFoundError:
+            self.fresh_dirs.add(entry.rel)
+        except OSError as exc:
+            self.blocked_dirs.add(entry.rel)
+            self.report.failures.append(CopyFailure.of(entry.src, exc))
+            return
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                self.blocked_dirs.add(entry.rel)
+                self.report.failures.append(CopyFailure(
+                    entry.src, None, f"destination {dst!r} exists and is not a directory"))
+                return
+        self.dirs.append((dst, entry))
+
     def finish_dirs(self) -> None:
         """Directory metadata bottom-up (reverse walk order puts children before parents), after
         their contents, so read-only directories copy and their mtimes are not disturbed."""
+        self.report.dirs = len(self.dirs)
+        if self.config.dry_run:
+            return
+        config = self.config
         for dst, entry in reversed(self.dirs):
-            task = EntryTask(entry.src, dst, Kind.DIR, 0, entry.mode, entry.uid, entry.gid,
+            mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, _umask())
+            task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
                              entry.atime_ns, entry.mtime_ns)
             try:
-                apply_metadata(dst, task, self.preserve_owner)
+                if config.preserve_xattrs:
+                    copy_xattrs(entry.src, dst, follow_symlinks=True)
+                apply_metadata(dst, task, self.preserve_owner, preserve_group=self.preserve_group,
+                               times=config.preserve_times)
                 if self.config.fsync:
                     _fsync_path(dst)  # makes the renames into it durable
             except OSError as exc:
                 self.report.failures.append(CopyFailure.of(dst, exc))
-        self.report.dirs = len(self.dirs)
 
     # -- large files as byte ranges -----------------------------------------------------------------
     def start_split(self, task: EntryTask) -> None:
         try:
-            if task.check_dst and up_to_date(task):
+            if self.options.plain:
+                found = dst_state(task) if task.check_dst else DST_MISSING
+            else:
+                found = judge(task, self.options)
+            if found == DST_SAME:
                 self.report.skipped += 1
                 self.report.skipped_bytes += task.size
+                self.progress.advance(task.size, 1)
+                return
+            if self.config.dry_run:  # counted as one file, as a real run reports it
+                self.count_file(task.dst, task.size, found == DST_DIFFERS)
+                self.report.bytes += task.size
                 self.progress.advance(task.size, 1)
                 return
             fd, tmp = create_temp(task.dst, temp_mode(task.mode, shared_writes=True))
@@ -263,7 +332,7 @@ class CopyRun:
             return
         ranges = split_ranges(segments, self.config.chunk_bytes)
         file_id = self.planner.next_id()
-        state = _SplitState(task, tmp, remaining=len(ranges))
+        state = _SplitState(task, tmp, remaining=len(ranges), replaces=found == DST_DIFFERS)
         self.splits[file_id] = state
         if not ranges:  # all hole
             self.finish_split(file_id)
@@ -292,7 +361,10 @@ class CopyRun:
             st = os.stat(task.src)
             if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
                 raise ChangedError(f"file changed during copy (size {task.size} -> {st.st_size})")
-            apply_metadata(state.tmp, task, self.preserve_owner)
+            if self.config.preserve_xattrs:
+                copy_xattrs(task.src, state.tmp, follow_symlinks=True)
+            apply_metadata(state.tmp, task, self.preserve_owner, preserve_group=self.preserve_group,
+                           times=self.config.preserve_times)
             if self.config.fsync:
                 _fsync_path(state.tmp)
             os.replace(state.tmp, task.dst)
@@ -301,8 +373,17 @@ class CopyRun:
             failure = state.failures[0] if state.failures else CopyFailure.of(task.src, exc)
             self.report.failures.append(failure)
             return
-        self.report.files += 1
+        self.count_file(task.dst, task.size, state.replaces)
         self.progress.advance(0, 1)
+
+    def count_file(self, dst: str, nbytes: int, replaced: bool) -> None:
+        """One entry the parent copied (bytes are counted where they are copied)."""
+        self.report.files += 1
+        if replaced:
+            self.report.replaced += 1
+            self.report.replaced_bytes += nbytes
+        if self.config.record_changes:
+            self.report.changes.append((REPLACED if replaced else COPIED, dst))
 
     def clean_after(self, jobs: list[Job]) -> None:
         """Remove temporary files that workers which stopped mid-job (killed, terminated, or
@@ -325,6 +406,10 @@ class CopyRun:
         if file_id is None:
             self.report.files += result.files
             self.report.bytes += result.bytes
+            self.report.replaced += result.replaced
+            self.report.replaced_bytes += result.replaced_bytes
+            if result.changes:
+                self.report.changes.extend(result.changes)
             self.report.skipped += result.skipped
             self.report.skipped_bytes += result.skipped_bytes
             self.report.failures.extend(result.failures)
@@ -346,24 +431,43 @@ class CopyRun:
                 self.report.failures.append(CopyFailure.of(link.src, exc))
 
     def make_link(self, link: HardLink) -> None:
-        first = os.lstat(link.first_dst)
+        dry_run = self.config.dry_run
         try:
-            current = os.lstat(link.dst)
-            if (current.st_dev, current.st_ino) == (first.st_dev, first.st_ino):
+            first: os.stat_result | None = os.lstat(link.first_dst)
+        except FileNotFoundError:
+            if not dry_run:
+                raise
+            first = None  # a dry run did not copy it: the link would be made after it
+        try:
+            current: os.stat_result | None = os.lstat(link.dst)
+        except FileNotFoundError:
+            current = None
+        if current is not None:
+            if (first is not None and (current.st_dev, current.st_ino) == (first.st_dev, first.st_ino)
+                    and (not dry_run or self.first_kept(link))):
+                self.report.skipped += 1
+                return
+            if not self.config.replace_existing:
                 self.report.skipped += 1
                 return
             if stat.S_ISDIR(current.st_mode):
                 raise IsADirectoryError(21, "cannot overwrite directory with non-directory", link.dst)
-        except FileNotFoundError:
-            pass
-        tmp = temp_path(link.dst)
-        os.link(link.first_dst, tmp)
-        try:
-            os.replace(tmp, link.dst)
-        except OSError:
-            _remove(tmp)
-            raise
-        self.report.files += 1
+        if not dry_run:
+            tmp = temp_path(link.dst)
+            os.link(link.first_dst, tmp)
+            try:
+                os.replace(tmp, link.dst)
+            except OSError:
+                _remove(tmp)
+                raise
+        self.count_file(link.dst, 0, current is not None)
+
+    def first_kept(self, link: HardLink) -> bool:
+        """Dry run: whether the first name of link's inode stays as it is (a real run replaces
+        it with a new inode when it is not up to date, and the link then differs from it).
+        link.src shares that inode in SRC, so its stat judges first_dst as well."""
+        task = task_from_stat(link.src, link.first_dst, os.lstat(link.src), True)
+        return task is not None and judge(task, self.options) == DST_SAME
 
 
 def _fsync_path(path: str) -> None:
@@ -388,5 +492,26 @@ def run_copy(target: Target, config: Config, progress: ProgressSink | None = Non
     CopyInterruptedError on SIGINT/SIGTERM after cleaning up."""
     run = CopyRun(config, progress or NullProgress())
     feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
+    if config.delete and target.src_kind is Kind.DIR:
+        run.mirror_target = target
     with _signals_raise():
         return run.run(lambda: feed(target))
+
+
+def mirror(target: Target, config: Config, report: CopyReport) -> None:
+    """--delete, after the copy: only when it had no failures (or --delete-anyway), since a
+    source entry that could not be read would otherwise look deleted and its backup go too."""
+    from pcopy.mirror import delete_extraneous  # only --delete needs it
+
+    if report.failures and not config.delete_after_failures:
+        report.delete_skipped = True
+        return
+    result = delete_extraneous(target.src, target.dst, filters=config.filters,
+                               max_delete=config.max_delete, dry_run=config.dry_run)
+    report.failures.extend(result.failures)
+    if result.limited:
+        report.delete_limited = True
+        return
+    report.deleted = len(result.deleted)
+    if config.record_changes:
+        report.changes.extend((DELETED, path) for path in result.deleted)

@@ -36,6 +36,9 @@ class Entry:
 
 
 OnError = Callable[[str, OSError], None]
+# excluded(rel, is_dir): rel is '/'-joined below the root; True drops the entry (and, for a
+# directory, everything below it: it is never listed).
+Excluded = Callable[[str, bool], bool]
 
 
 def kind_of(mode: int) -> Kind | None:
@@ -76,7 +79,8 @@ class Names:
     names: tuple[str, ...]
 
 
-def walk_tree(root: str, *, dereference: bool, on_error: OnError, chunk: int = 256) -> Iterator[Entry | Names]:
+def walk_tree(root: str, *, dereference: bool, on_error: OnError, chunk: int = 256,
+              excluded: Excluded | None = None) -> Iterator[Entry | Names]:
     """Walk below root (not root itself): every directory as an Entry (stat'ed: its metadata
     and loop detection need it), everything else as Names chunks. A directory's Entry comes
     before anything inside it.
@@ -85,6 +89,9 @@ def walk_tree(root: str, *, dereference: bool, on_error: OnError, chunk: int = 2
     dereference, symlinks are followed (one stat each, to tell directories); a directory that
     is its own ancestor (a loop) is reported through on_error as ELOOP and not entered. Errors
     never stop the walk.
+
+    excluded (optional) filters by relative path: names with is_dir=False (d_type is known, so
+    no stat), directories with is_dir=True before they are stat'ed or entered.
     """
     root_st = os.stat(root)
     # Ancestors are only needed to detect loops, which only followed symlinks can make.
@@ -111,6 +118,8 @@ def walk_tree(root: str, *, dereference: bool, on_error: OnError, chunk: int = 2
                     is_dir = item.is_dir(follow_symlinks=dereference)
                 except OSError:
                     is_dir = False  # the worker's own stat will report what is wrong with it
+                if excluded is not None and excluded(f"{rel}/{item.name}" if rel else item.name, is_dir):
+                    continue
                 if not is_dir:
                     names.append(item.name)
                     if len(names) >= chunk:

@@ -15,14 +15,33 @@ from typing import Any, Protocol
 
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
 from pcopy.fastcopy import copy_range, data_segments, digest_range, is_sparse
-from pcopy.jobs import BatchJob, CopyFailure, CopyOptions, DirJob, EntryTask, Job, JobResult, Kind, RangeJob
+from pcopy.jobs import (
+    COMPARE_ALWAYS,
+    COMPARE_QUICK,
+    COPIED,
+    DST_DIFFERS,
+    DST_MISSING,
+    DST_SAME,
+    REPLACED,
+    BatchJob,
+    CopyFailure,
+    CopyOptions,
+    DirJob,
+    EntryTask,
+    Job,
+    JobResult,
+    Kind,
+    RangeJob,
+)
 from pcopy.metadata import (
     O_BINARY,
     O_CLOEXEC,
     O_NOFOLLOW,
     apply_metadata,
+    copy_xattrs,
     create_temp,
     make_special,
+    masked_mode,
     set_times,
     temp_mode,
     temp_path,
@@ -171,6 +190,8 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
 
 def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
     result = JobResult(job.job_id)
+    if job.options.record_changes:
+        result.changes = []
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     for task in job.tasks:
         _copy_one(task, job.options, None, result, on_bytes)
@@ -182,13 +203,28 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
 def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, result: JobResult,
               on_bytes: Callable[[int], None]) -> None:
     try:
-        if task.check_dst and up_to_date(task):
+        # Default options: one attribute test, then the quick check exactly as before.
+        if options.plain:
+            state = dst_state(task) if task.check_dst else DST_MISSING
+        else:
+            state = judge(task, options)
+        if state == DST_SAME:
             result.skipped += 1
             result.skipped_bytes += task.size
             on_bytes(task.size)
+            return
+        if options.dry_run:
+            copied = task.size  # what a real run would copy; nothing is opened for writing
+            on_bytes(copied)
         else:
-            result.bytes += copy_entry(task, options, on_bytes, dst_dir)
-            result.files += 1
+            copied = copy_entry(task, options, on_bytes, dst_dir)
+        result.bytes += copied
+        result.files += 1
+        if state == DST_DIFFERS:
+            result.replaced += 1
+            result.replaced_bytes += copied
+        if result.changes is not None:
+            result.changes.append((REPLACED if state == DST_DIFFERS else COPIED, task.dst))
     except (OSError, ChangedError) as exc:
         result.failures.append(CopyFailure.of(task.src, exc))
 
@@ -216,6 +252,8 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
     job_bytes, the files beyond that budget (the parent spreads them over all workers, instead
     of this one worker copying them in a row)."""
     result = JobResult(job.job_id)
+    if job.options.record_changes:
+        result.changes = []
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     dst_dir = _dst_dir(job.dst_dir)
     stat_of = os.stat if job.options.dereference else os.lstat
@@ -289,17 +327,86 @@ def check_same(src_fd: int, dst_fd: int, offset: int, length: int | None) -> Non
 def up_to_date(task: EntryTask) -> bool:
     """The quick check of rsync/rclone/robocopy: same type, size and mtime (symlinks: same target).
     A destination directory where a non-directory belongs is an error, never replaced."""
+    return dst_state(task) == DST_SAME
+
+
+def dst_state(task: EntryTask) -> int:
+    """DST_MISSING, DST_DIFFERS or DST_SAME (the quick check) for task.dst: one lstat."""
     try:
         st = os.lstat(task.dst)
     except FileNotFoundError:
-        return False
+        return DST_MISSING
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(21, "cannot overwrite directory with non-directory", task.dst)
     if task.kind is Kind.FILE:
-        return stat.S_ISREG(st.st_mode) and st.st_size == task.size and st.st_mtime_ns == task.mtime_ns
-    if task.kind is Kind.SYMLINK:
-        return stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src)
-    return False
+        if stat.S_ISREG(st.st_mode) and st.st_size == task.size and st.st_mtime_ns == task.mtime_ns:
+            _sync_mode(task, st)
+            return DST_SAME
+        return DST_DIFFERS
+    if task.kind is Kind.SYMLINK and stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src):
+        return DST_SAME
+    return DST_DIFFERS
+
+
+def _sync_mode(task: EntryTask, st: os.stat_result) -> None:
+    """An up-to-date file whose permissions changed in SRC (chmod leaves the mtime alone) gets
+    them in DST too, as rsync -a does: one compare of what the lstat already gave."""
+    if stat.S_IMODE(st.st_mode) != stat.S_IMODE(task.mode):
+        os.chmod(task.dst, stat.S_IMODE(task.mode))
+
+
+def judge(task: EntryTask, options: CopyOptions) -> int:
+    """dst_state with the non-default options (--checksum, --ignore-times, --update,
+    --no-clobber, --no-perms). May adjust task.mode (--no-perms) and, for --checksum, fix the
+    times of a destination whose content already matches. Reads only in a dry run."""
+    if not options.preserve_perms:
+        task.mode = masked_mode(task.mode, _umask())
+    if not task.check_dst:
+        return DST_MISSING
+    try:
+        st = os.lstat(task.dst)
+    except FileNotFoundError:
+        return DST_MISSING
+    if not options.replace_existing:
+        return DST_SAME  # --no-clobber: whatever is there stays, a directory included
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "cannot overwrite directory with non-directory", task.dst)
+    if options.update_only and st.st_mtime_ns > task.mtime_ns:
+        return DST_SAME  # --update: the destination is newer, keep it
+    if options.compare == COMPARE_ALWAYS:
+        return DST_DIFFERS
+    if task.kind is Kind.FILE:
+        if not stat.S_ISREG(st.st_mode) or st.st_size != task.size:
+            return DST_DIFFERS
+        if options.compare == COMPARE_QUICK:
+            if st.st_mtime_ns != task.mtime_ns:
+                return DST_DIFFERS
+        elif not same_content(task, options):
+            return DST_DIFFERS
+        elif st.st_mtime_ns != task.mtime_ns and options.preserve_times and not options.dry_run:
+            # Same bytes, other times (touched, or restored from elsewhere): set the times so
+            # the next quick check agrees, instead of copying the content again (rsync -c does too).
+            os.utime(task.dst, ns=(task.atime_ns, task.mtime_ns), follow_symlinks=False)
+        if options.preserve_perms and not options.dry_run:
+            _sync_mode(task, st)
+        return DST_SAME
+    if task.kind is Kind.SYMLINK and stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src):
+        return DST_SAME
+    return DST_DIFFERS
+
+
+def same_content(task: EntryTask, options: CopyOptions) -> bool:
+    """--checksum: BLAKE2b digests of source and destination (sizes already equal)."""
+    follow = 0 if options.dereference else O_NOFOLLOW
+    src_fd = os.open(task.src, os.O_RDONLY | O_BINARY | O_CLOEXEC | follow)
+    try:
+        dst_fd = os.open(task.dst, os.O_RDONLY | O_BINARY | O_CLOEXEC | O_NOFOLLOW)
+        try:
+            return digest_range(src_fd, 0, None) == digest_range(dst_fd, 0, None)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
 
 
 def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], None],
@@ -310,7 +417,10 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
         tmp = temp_path(task.dst)
         make_special(task, tmp)
         try:
-            apply_metadata(tmp, task, options.preserve_owner)
+            if options.preserve_xattrs:
+                copy_xattrs(task.src, tmp, follow_symlinks=False)
+            apply_metadata(tmp, task, options.preserve_owner, preserve_group=options.preserve_group,
+                           times=options.preserve_times)
             os.replace(tmp, task.dst)
         except BaseException:
             _remove(tmp)
@@ -323,8 +433,10 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
         # Created with its final permissions where that is enough (no set-ID bits, nothing the
         # umask strips, owner already right): then no fchmod or fchown is needed afterwards.
         perms = stat.S_IMODE(task.mode)
-        owner_ok = not options.preserve_owner or (
-            dst_dir is not None and (task.uid, task.gid) == (_EUID, dst_dir.new_file_gid))
+        owner_ok = (not options.preserve_owner and not options.preserve_group) or (
+            dst_dir is not None
+            and (not options.preserve_owner or task.uid == _EUID)
+            and (not options.preserve_group or task.gid == dst_dir.new_file_gid))
         final_at_create = owner_ok and not perms & 0o7000 and not perms & _umask()
         dst_fd, tmp = create_temp(task.dst, perms if final_at_create else temp_mode(task.mode, False))
         try:
@@ -334,12 +446,16 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
                 _check_unchanged(src_fd, task, copied)
                 if options.verify:
                     check_same(src_fd, dst_fd, 0, None)
+                if options.preserve_xattrs:
+                    copy_xattrs(task.src, dst_fd, follow_symlinks=options.dereference)
                 if options.fsync:
                     os.fsync(dst_fd)
                 if final_at_create:
-                    set_times(dst_fd, tmp, task)
+                    if options.preserve_times:
+                        set_times(dst_fd, tmp, task)
                 else:
-                    apply_metadata(tmp, task, options.preserve_owner, fd=dst_fd)
+                    apply_metadata(tmp, task, options.preserve_owner, fd=dst_fd,
+                                   preserve_group=options.preserve_group, times=options.preserve_times)
             finally:
                 os.close(dst_fd)
             os.replace(tmp, task.dst)
