@@ -286,6 +286,8 @@ class CopyRun:
             task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
                              entry.atime_ns, entry.mtime_ns)
             try:
+                if entry.rel not in self.fresh_dirs and self._dir_up_to_date(dst, task):
+                    continue  # an up-to-date re-run writes nothing, not even directory times
                 if config.preserve_xattrs:
                     copy_xattrs(entry.src, dst, follow_symlinks=True)
                 apply_metadata(dst, task, self.preserve_owner, preserve_group=self.preserve_group,
@@ -294,6 +296,17 @@ class CopyRun:
                     _fsync_path(dst)  # makes the renames into it durable
             except OSError as exc:
                 self.report.failures.append(CopyFailure.of(dst, exc))
+
+    def _dir_up_to_date(self, dst: str, task: EntryTask) -> bool:
+        """An existing directory whose mode, mtime (and owner, where kept) already match and
+        into which this run wrote nothing (its mtime would have moved). Extended attributes
+        are always re-applied."""
+        if self.config.preserve_xattrs or not self.config.preserve_times:
+            return False
+        st = os.stat(dst)
+        return (stat.S_IMODE(st.st_mode) == stat.S_IMODE(task.mode) and st.st_mtime_ns == task.mtime_ns
+                and (not self.preserve_owner or st.st_uid == task.uid)
+                and (not self.preserve_group or st.st_gid == task.gid))
 
     # -- large files as byte ranges -----------------------------------------------------------------
     def start_split(self, task: EntryTask) -> None:

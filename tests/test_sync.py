@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -427,3 +428,24 @@ def test_api_keywords(src: Path, tmp_path: Path) -> None:
     assert (report.deleted, report.files, (dst / "x").exists()) == (1, 0, True)
     report = pcopy.copy(src, dst, jobs=1, delete=True, max_delete=0)
     assert (report.exit_code, report.delete_limited, (dst / "x").exists()) == (3, True, True)
+
+
+def test_up_to_date_rerun_writes_nothing(tmp_path: Path) -> None:
+    """A re-run on an up-to-date DST changes no inode at all: ctime (which any chmod, utime,
+    chown or write would move) stays the same on every file and directory."""
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f.txt").write_text("x")
+    (src / "top.txt").write_text("y")
+    os.chmod(src / "a", 0o750)
+    dst = tmp_path / "dst"
+    assert pcopy.copy(src, dst, jobs=2).failures == []
+
+    def ctimes() -> dict[str, int]:
+        return {str(p): p.lstat().st_ctime_ns for p in [dst, *dst.rglob("*")]}
+
+    before = ctimes()
+    time.sleep(0.01)  # a later write would get a later ctime
+    report = pcopy.copy(src, dst, jobs=2)
+    assert (report.files, report.skipped, report.failures) == (0, 2, [])
+    assert ctimes() == before
