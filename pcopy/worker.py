@@ -324,14 +324,10 @@ def check_same(src_fd: int, dst_fd: int, offset: int, length: int | None) -> Non
         raise ChangedError("verification failed: the copy differs from the source")
 
 
-def up_to_date(task: EntryTask) -> bool:
-    """The quick check of rsync/rclone/robocopy: same type, size and mtime (symlinks: same target).
-    A destination directory where a non-directory belongs is an error, never replaced."""
-    return dst_state(task) == DST_SAME
-
-
 def dst_state(task: EntryTask) -> int:
-    """DST_MISSING, DST_DIFFERS or DST_SAME (the quick check) for task.dst: one lstat."""
+    """DST_MISSING, DST_DIFFERS or DST_SAME for task.dst, by the quick check of rsync, rclone
+    and robocopy: same type, size and mtime (symlinks: same target); one lstat. A destination
+    directory where a non-directory belongs is an error, never replaced."""
     try:
         st = os.lstat(task.dst)
     except FileNotFoundError:
