@@ -1,20 +1,22 @@
 """run_copy: the one owner of processes. Data flow:
 
-    walk_tree(src) ──entries──▶ parent: make directories (private 0700 until the end)
-                                 Planner ──BatchJob / SplitFile──▶ executor.submit
+    walk_tree(src) ──directories──▶ parent: make them (private 0700 until the end)
+                   ──Names chunks (unstat'ed)──▶ Planner.dir_job ──DirJob──▶ executor.submit
     executor: a multiprocessing.Pool (apply_async, at most MAX_IN_FLIGHT_PER_WORKER * jobs
               outstanding) or, for -j 1 and trees too small to pay for a pool, the parent itself.
     workers: run_job(job) -> JobResult ──callback──▶ results queue ──▶ parent: counts, failures,
-              and the last range of a split file renames it into place
-    workers ──(bytes, files)──▶ Manager().Queue ──▶ parent ──▶ ProgressSink (tqdm), only when a
-              display listens
-    end: hard links, then directory metadata bottom-up, then the CopyReport.
+              and what a DirJob hands back (large files, hard links, files past its byte budget)
+              ──▶ Planner.add_task ──BatchJob / SplitFile (byte ranges)──▶ executor.submit;
+              the last range of a split file returning renames it into place
+    workers ──(bytes, files, bytes found)──▶ Manager().Queue ──▶ parent ──▶ ProgressSink (tqdm),
+              only when a display listens
+    end: hard links, --delete, then directory metadata bottom-up, then the CopyReport.
 
 The parent does the order-sensitive work (directories before their files, pre-sizing a split file,
-its metadata and rename after its last range, directory metadata after contents); workers only
-copy. Signals: SIGINT/SIGTERM stop the walk, terminate the pool (workers remove the temporary file
-they were writing), the parent removes the temporary files it made, and CopyInterruptedError
-carries 130/143 up to the caller.
+its metadata and rename after its last range, directory metadata after contents); workers stat
+and copy. Signals: SIGINT/SIGTERM stop the walk, terminate the pool (workers remove the temporary
+file they were writing), the parent removes the temporary files it made and those of workers that
+stopped mid-job, and CopyInterruptedError carries 130/143 up to the caller.
 """
 
 from __future__ import annotations
