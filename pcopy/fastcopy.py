@@ -76,18 +76,26 @@ def _copy_sendfile(src_fd: int, dst_fd: int, offset: int, length: int | None,
     return _copy_in_kernel(lambda pos, count: os.sendfile(dst_fd, src_fd, pos, count), offset, length, on_bytes)
 
 
+def _read_blocks(fd: int, offset: int, length: int | None, block_bytes: int) -> Iterator[bytes]:
+    """Blocks of [offset, offset+length) of fd (length None: to EOF); lseek + read rather than
+    pread so it runs on Windows too."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    done = 0
+    while length is None or done < length:
+        data = os.read(fd, block_bytes if length is None else min(block_bytes, length - done))
+        if not data:
+            return
+        done += len(data)
+        yield data
+
+
 def _copy_loop(src_fd: int, dst_fd: int, offset: int, length: int | None, buffer_bytes: int,
                on_bytes: OnBytes) -> int:
     """The portable path: read a buffer, write it all, repeat (a 1024-byte buffer reproduces the
-    original teaching copier). lseek + read/write instead of pread/pwrite so it runs on Windows."""
-    os.lseek(src_fd, offset, os.SEEK_SET)
+    original teaching copier)."""
     os.lseek(dst_fd, offset, os.SEEK_SET)
     done = 0
-    while length is None or done < length:
-        want = buffer_bytes if length is None else min(buffer_bytes, length - done)
-        data = os.read(src_fd, want)
-        if not data:
-            break
+    for data in _read_blocks(src_fd, offset, length, buffer_bytes):
         view = memoryview(data)
         while view:
             written = os.write(dst_fd, view)
@@ -171,13 +179,6 @@ def digest_range(fd: int, offset: int, length: int | None) -> bytes:
     import hashlib  # only --verify needs it: kept off the start-up path
 
     h = hashlib.blake2b(digest_size=16)
-    os.lseek(fd, offset, os.SEEK_SET)
-    done = 0
-    while length is None or done < length:
-        want = VERIFY_BLOCK_BYTES if length is None else min(VERIFY_BLOCK_BYTES, length - done)
-        data = os.read(fd, want)
-        if not data:
-            break
+    for data in _read_blocks(fd, offset, length, VERIFY_BLOCK_BYTES):
         h.update(data)
-        done += len(data)
     return h.digest()

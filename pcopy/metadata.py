@@ -168,3 +168,24 @@ def make_special(task: EntryTask, path: str) -> None:
         os.mknod(path, stat.S_IFSOCK | private)
     else:
         raise ValueError(f"not a special file kind: {task.kind}")
+
+
+_umask_cache: list[int] = []
+
+
+def current_umask() -> int:
+    """This process' umask, read without changing it where the OS allows (changing it, even
+    for an instant, would race other threads of a library caller). Unknown: assume it strips
+    everything, so permissions are always set explicitly."""
+    if not _umask_cache:
+        value = 0o777
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("Umask:"):
+                        value = int(line.split()[1], 8)
+                        break
+        except (OSError, ValueError):
+            pass
+        _umask_cache.append(value)
+    return _umask_cache[0]

@@ -40,7 +40,6 @@ from pcopy.jobs import (
     COPIED,
     DELETED,
     DST_DIFFERS,
-    DST_MISSING,
     DST_SAME,
     REPLACED,
     BatchJob,
@@ -56,6 +55,7 @@ from pcopy.metadata import (
     apply_metadata,
     copy_xattrs,
     create_temp,
+    current_umask,
     masked_mode,
     remove_leftovers,
     temp_mode,
@@ -66,7 +66,7 @@ from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
 from pcopy.target import Target
 from pcopy.walk import Entry, Names, make_entry, walk_tree
-from pcopy.worker import ChangedError, _umask, dst_state, judge, task_from_stat
+from pcopy.worker import ChangedError, judge_task, task_from_stat
 
 
 @dataclass
@@ -284,7 +284,7 @@ class CopyRun:
             return
         config = self.config
         for dst, entry in reversed(self.dirs):
-            mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, _umask())
+            mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, current_umask())
             task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
                              entry.atime_ns, entry.mtime_ns)
             try:
@@ -313,10 +313,7 @@ class CopyRun:
     # -- large files as byte ranges -----------------------------------------------------------------
     def start_split(self, task: EntryTask) -> None:
         try:
-            if self.options.plain:
-                found = dst_state(task) if task.check_dst else DST_MISSING
-            else:
-                found = judge(task, self.options)
+            found = judge_task(task, self.options)
             if found == DST_SAME:
                 self.report.skipped += 1
                 self.report.skipped_bytes += task.size
@@ -482,7 +479,7 @@ class CopyRun:
         it with a new inode when it is not up to date, and the link then differs from it).
         link.src shares that inode in SRC, so its stat judges first_dst as well."""
         task = task_from_stat(link.src, link.first_dst, os.lstat(link.src), True)
-        return task is not None and judge(task, self.options) == DST_SAME
+        return task is not None and judge_task(task, self.options) == DST_SAME
 
 
 def _fsync_path(path: str) -> None:

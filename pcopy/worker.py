@@ -40,12 +40,14 @@ from pcopy.metadata import (
     apply_metadata,
     copy_xattrs,
     create_temp,
+    current_umask,
     make_special,
     masked_mode,
     set_times,
     temp_mode,
     temp_path,
 )
+from pcopy.walk import kind_of
 
 
 class ProgressQueue(Protocol):
@@ -59,25 +61,6 @@ class _Terminated(BaseException):
 _in_job = False
 _EUID = os.geteuid() if hasattr(os, "geteuid") else -1
 _EGID = os.getegid() if hasattr(os, "getegid") else -1
-_umask_cache: list[int] = []
-
-
-def _umask() -> int:
-    """This process' umask, read without changing it where the OS allows (changing it, even
-    for an instant, would race other threads of a library caller). Unknown: assume it strips
-    everything, so permissions are always set explicitly."""
-    if not _umask_cache:
-        value = 0o777
-        try:
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("Umask:"):
-                        value = int(line.split()[1], 8)
-                        break
-        except (OSError, ValueError):
-            pass
-        _umask_cache.append(value)
-    return _umask_cache[0]
 _worker_queue: ProgressQueue | None = None  # set once per pool worker by init_worker
 # This worker's slot in the parent's shared table: slots[2*i] = pid, slots[2*i+1] = the job it
 # runs (-1 when idle), so the parent knows which job a dead worker took with it. Plain shared
@@ -204,10 +187,7 @@ def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, res
               on_bytes: Callable[[int], None]) -> None:
     try:
         # Default options: one attribute test, then the quick check exactly as before.
-        if options.plain:
-            state = dst_state(task) if task.check_dst else DST_MISSING
-        else:
-            state = judge(task, options)
+        state = judge_task(task, options)
         if state == DST_SAME:
             result.skipped += 1
             result.skipped_bytes += task.size
@@ -294,17 +274,8 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
 def task_from_stat(src: str, dst: str, st: os.stat_result, check_dst: bool) -> EntryTask | None:
     """The task for one stat'ed entry; None for a directory or an unknown file type."""
     mode = st.st_mode
-    if stat.S_ISREG(mode):
-        kind = Kind.FILE
-    elif stat.S_ISLNK(mode):
-        kind = Kind.SYMLINK
-    elif stat.S_ISFIFO(mode):
-        kind = Kind.FIFO
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        kind = Kind.DEVICE
-    elif stat.S_ISSOCK(mode):
-        kind = Kind.SOCKET
-    else:
+    kind = kind_of(mode)
+    if kind is None or kind is Kind.DIR:
         return None
     size = st.st_size if kind is Kind.FILE else 0
     blocks = getattr(st, "st_blocks", None)
@@ -324,6 +295,14 @@ def check_same(src_fd: int, dst_fd: int, offset: int, length: int | None) -> Non
         raise ChangedError("verification failed: the copy differs from the source")
 
 
+def judge_task(task: EntryTask, options: CopyOptions) -> int:
+    """What to do with task.dst: DST_MISSING, DST_DIFFERS or DST_SAME. Default options take the
+    plain quick check (one attribute test on the per-file path); the others go through judge."""
+    if options.plain:
+        return dst_state(task) if task.check_dst else DST_MISSING
+    return judge(task, options)
+
+
 def dst_state(task: EntryTask) -> int:
     """DST_MISSING, DST_DIFFERS or DST_SAME for task.dst, by the quick check of rsync, rclone
     and robocopy: same type, size and mtime (symlinks: same target); one lstat. A destination
@@ -339,9 +318,11 @@ def dst_state(task: EntryTask) -> int:
             _sync_mode(task, st)
             return DST_SAME
         return DST_DIFFERS
-    if task.kind is Kind.SYMLINK and stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src):
-        return DST_SAME
-    return DST_DIFFERS
+    return DST_SAME if _same_symlink(task, st) else DST_DIFFERS
+
+
+def _same_symlink(task: EntryTask, st: os.stat_result) -> bool:
+    return task.kind is Kind.SYMLINK and stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src)
 
 
 def _sync_mode(task: EntryTask, st: os.stat_result) -> None:
@@ -356,7 +337,7 @@ def judge(task: EntryTask, options: CopyOptions) -> int:
     --no-clobber, --no-perms). May adjust task.mode (--no-perms) and, for --checksum, fix the
     times of a destination whose content already matches. Reads only in a dry run."""
     if not options.preserve_perms:
-        task.mode = masked_mode(task.mode, _umask())
+        task.mode = masked_mode(task.mode, current_umask())
     if not task.check_dst:
         return DST_MISSING
     try:
@@ -386,9 +367,7 @@ def judge(task: EntryTask, options: CopyOptions) -> int:
         if options.preserve_perms and not options.dry_run:
             _sync_mode(task, st)
         return DST_SAME
-    if task.kind is Kind.SYMLINK and stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src):
-        return DST_SAME
-    return DST_DIFFERS
+    return DST_SAME if _same_symlink(task, st) else DST_DIFFERS
 
 
 def same_content(task: EntryTask, options: CopyOptions) -> bool:
@@ -433,7 +412,7 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
             dst_dir is not None
             and (not options.preserve_owner or task.uid == _EUID)
             and (not options.preserve_group or task.gid == dst_dir.new_file_gid))
-        final_at_create = owner_ok and not perms & 0o7000 and not perms & _umask()
+        final_at_create = owner_ok and not perms & 0o7000 and not perms & current_umask()
         dst_fd, tmp = create_temp(task.dst, perms if final_at_create else temp_mode(task.mode, False))
         try:
             try:
