@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
 import queue
@@ -70,6 +71,23 @@ def job_paths(job: Job) -> list[str]:
     if isinstance(job, DirJob):
         return [os.path.join(job.src_dir, name) for name in job.names]
     return [t.src for t in job.tasks]
+
+
+@functools.cache
+def _quiet_pool_class() -> type[Any]:
+    """multiprocessing.Pool whose worker-handler thread sleeps until a worker exits or the pool
+    changes state. CPython's also wakes whenever a result is waiting in the result pipe, and
+    spins until the result-handler thread has read it: ~20 wake-ups per result, ~7% of all CPU
+    of a 20,000-file copy on 2 cores, taken from the workers. Worker deaths still wake it
+    (their sentinels), and so do close/terminate and an empty cache (the change notifier).
+    Defined on first use: importing multiprocessing.pool is kept off the start-up path."""
+    from multiprocessing.pool import Pool
+
+    class QuietPool(Pool):
+        def _get_sentinels(self) -> list[Any]:
+            return [self._change_notifier._reader]  # type: ignore[attr-defined]
+
+    return QuietPool
 
 
 def _ignore_sigint() -> None:
@@ -153,8 +171,9 @@ class Executor:
                 self.progress_queue = self.manager.Queue()
             self.slots = self.ctx.RawArray("q", 2 * WORKER_SLOTS)
             self.slot_counter = self.ctx.Value("i", 0)
-        self.pool = self.ctx.Pool(self.config.jobs, initializer=init_worker,
-                                  initargs=(self.progress_queue, self.slots, self.slot_counter))
+        self.pool = _quiet_pool_class()(self.config.jobs, initializer=init_worker,
+                                        initargs=(self.progress_queue, self.slots, self.slot_counter),
+                                        context=self.ctx)
         self.worker_pids = {p.pid for p in self.pool._pool}
 
     # -- results ------------------------------------------------------------------------------
