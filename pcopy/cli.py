@@ -4,8 +4,6 @@ Exit codes: 0 all copied; 1 some entries failed; 2 usage error or refused input;
 3 --max-delete exceeded (nothing deleted); 130 SIGINT; 143 SIGTERM.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 from enum import Enum
@@ -234,7 +232,7 @@ class _Output:
         self.itemize = itemize
         self.log = log
 
-    def show(self, report: CopyReport, target: Target) -> int:
+    def show(self, report: "CopyReport", target: "Target") -> int:
         """Print the report; returns the exit code (1 when the log cannot be written)."""
         from pcopy.jobs import Kind
 
