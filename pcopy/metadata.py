@@ -21,7 +21,7 @@ O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 _UTIME_FOLLOWS = os.utime in os.supports_follow_symlinks
-_UTIME_FD = os.utime in os.supports_fd
+UTIME_FD = os.utime in os.supports_fd
 _CHMOD_FD = os.chmod in os.supports_fd
 _HAS_CHOWN = hasattr(os, "chown")
 
@@ -113,7 +113,7 @@ def apply_metadata(path: str, task: EntryTask, preserve_owner: bool, fd: int | N
     if not times:
         return
     times_ns = (task.atime_ns, task.mtime_ns)
-    if fd is not None and _UTIME_FD:
+    if fd is not None and UTIME_FD:
         os.utime(fd, ns=times_ns)
     elif not is_link:
         os.utime(path, ns=times_ns)
@@ -148,7 +148,7 @@ def copy_xattrs(src: str, dst: str | int, *, follow_symlinks: bool) -> None:
 
 def set_times(fd: int, path: str, task: EntryTask) -> None:
     """Only the times (a file created with its final mode and owner)."""
-    if _UTIME_FD:
+    if UTIME_FD:
         os.utime(fd, ns=(task.atime_ns, task.mtime_ns))
     else:
         os.utime(path, ns=(task.atime_ns, task.mtime_ns))

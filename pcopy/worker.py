@@ -37,6 +37,7 @@ from pcopy.metadata import (
     O_BINARY,
     O_CLOEXEC,
     O_NOFOLLOW,
+    UTIME_FD,
     apply_metadata,
     copy_xattrs,
     create_temp,
@@ -61,6 +62,7 @@ class _Terminated(BaseException):
 _in_job = False
 _EUID = os.geteuid() if hasattr(os, "geteuid") else -1
 _EGID = os.getegid() if hasattr(os, "getegid") else -1
+_HAS_BLOCKS = hasattr(os.stat_result, "st_blocks")
 _worker_queue: ProgressQueue | None = None  # set once per pool worker by init_worker
 # This worker's slot in the parent's shared table: slots[2*i] = pid, slots[2*i+1] = the job it
 # runs (-1 when idle), so the parent knows which job a dead worker took with it. Plain shared
@@ -236,11 +238,13 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
         result.changes = []
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     dst_dir = _dst_dir(job.dst_dir)
+    lean = _Lean.of(job, dst_dir)
     stat_of = os.stat if job.options.dereference else os.lstat
     # Plain concatenation: os.path.join costs ~2 us, twice per file.
     src_prefix = os.path.join(job.src_dir, "")
     dst_prefix = os.path.join(job.dst_dir, "")
-    tasks = []
+    # (name, stat, task): task None for a file the lean path copies (no EntryTask built).
+    todo: list[tuple[str, os.stat_result, EntryTask | None]] = []
     total = 0
     for name in job.names:
         src = src_prefix + name
@@ -249,26 +253,130 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
         except OSError as exc:
             result.failures.append(CopyFailure.of(src, exc))
             continue
+        if lean is not None and lean.takes(st):
+            todo.append((name, st, None))
+            total += st.st_size
+            continue
         task = task_from_stat(src, dst_prefix + name, st, job.check_dst)
         if task is None:
             result.failures.append(CopyFailure(src, None, "not a file, symlink or special file"))
         elif task.kind is Kind.FILE and (task.size > job.split_bytes or (task.nlink > 1 and job.hand_back_links)):
             result.handed_back.append(task)
         else:
-            tasks.append(task)
+            todo.append((name, st, task))
             total += task.size
     if progress is not None:
         progress.add_found(total + sum(t.size for t in result.handed_back))
     spent = 0
-    for task in tasks:
-        if total > job.job_bytes and task.size and spent + task.size > job.job_bytes:
-            result.handed_back.append(task)
+    for name, st, task in todo:
+        size = task.size if task is not None else st.st_size
+        if total > job.job_bytes and size and spent + size > job.job_bytes:
+            if task is None:  # a lean file: task_from_stat makes a task of every regular file
+                task = task_from_stat(src_prefix + name, dst_prefix + name, st, job.check_dst)
+            if task is not None:
+                result.handed_back.append(task)
             continue
-        spent += task.size
-        _copy_one(task, job.options, dst_dir, result, on_bytes)
+        spent += size
+        if task is not None:
+            _copy_one(task, job.options, dst_dir, result, on_bytes)
+        elif lean is not None:
+            lean.copy(src_prefix + name, dst_prefix + name, st, result, on_bytes)
         if progress is not None:
             progress.add_file()
     return result
+
+
+class _Lean:
+    """The per-file path of most files of most runs, without an EntryTask or a chain of calls:
+    a regular, non-sparse file of one link, copied with the default options, whose permissions
+    and owner can be given at creation (no set-ID bits, nothing the umask strips, owner
+    already right). Its syscalls are those of copy_entry; it saves ~10 us of Python per file,
+    about a third of a 20,000-file copy's CPU. Anything else takes the general path."""
+
+    __slots__ = ("buffer_bytes", "check_dst", "devices_dst", "euid", "group", "hand_back_links", "new_gid",
+                 "odd_bits", "owner", "split_bytes", "src_flags")
+
+    def __init__(self, job: DirJob, dst_dir: DstDir) -> None:
+        options = job.options
+        self.check_dst = job.check_dst
+        self.split_bytes = job.split_bytes
+        self.hand_back_links = job.hand_back_links
+        self.odd_bits = 0o7000 | current_umask()  # bits a file cannot simply be created with
+        self.owner = options.preserve_owner
+        self.group = options.preserve_group
+        self.euid = _EUID
+        self.new_gid = dst_dir.new_file_gid
+        self.devices_dst = dst_dir.dev
+        self.buffer_bytes = options.buffer_bytes
+        self.src_flags = os.O_RDONLY | O_BINARY | O_CLOEXEC | (0 if options.dereference else O_NOFOLLOW)
+
+    @classmethod
+    def of(cls, job: DirJob, dst_dir: DstDir | None) -> _Lean | None:
+        """The lean path for this job's files, or None when its options need the general one."""
+        o = job.options
+        if (dst_dir is None or not o.plain or o.verify or o.fsync or not o.use_fast_paths
+                or not UTIME_FD or not _HAS_BLOCKS):
+            return None
+        return cls(job, dst_dir)
+
+    def takes(self, st: os.stat_result) -> bool:
+        mode = st.st_mode
+        size = st.st_size
+        return (stat.S_ISREG(mode) and 0 < size <= self.split_bytes and not mode & self.odd_bits
+                and (st.st_nlink == 1 or not self.hand_back_links)
+                and st.st_blocks * 512 >= size  # not sparse (is_sparse)
+                and (not self.owner or st.st_uid == self.euid)
+                and (not self.group or st.st_gid == self.new_gid))
+
+    def copy(self, src: str, dst: str, st: os.stat_result, result: JobResult,
+             on_bytes: Callable[[int], None]) -> None:
+        """copy_entry for a file `takes` accepted, with dst_state's quick check."""
+        size = st.st_size
+        try:
+            replacing = False
+            if self.check_dst:
+                try:
+                    there = os.lstat(dst)
+                except FileNotFoundError:
+                    pass
+                else:
+                    if stat.S_ISDIR(there.st_mode):
+                        raise IsADirectoryError(21, "cannot overwrite directory with non-directory", dst)
+                    if stat.S_ISREG(there.st_mode) and there.st_size == size and there.st_mtime_ns == st.st_mtime_ns:
+                        _sync_mode(dst, st.st_mode, there)
+                        result.skipped += 1
+                        result.skipped_bytes += size
+                        on_bytes(size)
+                        return
+                    replacing = True
+            src_fd = os.open(src, self.src_flags)
+            try:
+                dst_fd, tmp = create_temp(dst, stat.S_IMODE(st.st_mode))
+                try:
+                    try:
+                        copied = copy_range(src_fd, dst_fd, 0, size, use_fast_paths=True,
+                                            buffer_bytes=self.buffer_bytes, on_bytes=on_bytes,
+                                            devices=(st.st_dev, self.devices_dst), dst_at_offset=True)
+                        now = os.fstat(src_fd)
+                        if now.st_size != size or now.st_mtime_ns != st.st_mtime_ns or copied != size:
+                            raise ChangedError(f"file changed during copy (size {size} -> {now.st_size})")
+                        os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                    finally:
+                        os.close(dst_fd)
+                    os.replace(tmp, dst)
+                except BaseException:
+                    _remove(tmp)
+                    raise
+            finally:
+                os.close(src_fd)
+        except (OSError, ChangedError) as exc:
+            result.failures.append(CopyFailure.of(src, exc))
+            return
+        result.files += 1
+        result.bytes += size
+        if replacing:
+            result.replaced += 1
+            result.replaced_bytes += size
 
 
 def task_from_stat(src: str, dst: str, st: os.stat_result, check_dst: bool) -> EntryTask | None:
@@ -315,7 +423,7 @@ def dst_state(task: EntryTask) -> int:
         raise IsADirectoryError(21, "cannot overwrite directory with non-directory", task.dst)
     if task.kind is Kind.FILE:
         if stat.S_ISREG(st.st_mode) and st.st_size == task.size and st.st_mtime_ns == task.mtime_ns:
-            _sync_mode(task, st)
+            _sync_mode(task.dst, task.mode, st)
             return DST_SAME
         return DST_DIFFERS
     return DST_SAME if _same_symlink(task, st) else DST_DIFFERS
@@ -325,11 +433,11 @@ def _same_symlink(task: EntryTask, st: os.stat_result) -> bool:
     return task.kind is Kind.SYMLINK and stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src)
 
 
-def _sync_mode(task: EntryTask, st: os.stat_result) -> None:
+def _sync_mode(dst: str, mode: int, there: os.stat_result) -> None:
     """An up-to-date file whose permissions changed in SRC (chmod leaves the mtime alone) gets
-    them in DST too, as rsync -a does: one compare of what the lstat already gave."""
-    if stat.S_IMODE(st.st_mode) != stat.S_IMODE(task.mode):
-        os.chmod(task.dst, stat.S_IMODE(task.mode))
+    them in DST too, as rsync -a does: one compare of what the lstat of dst already gave."""
+    if stat.S_IMODE(there.st_mode) != stat.S_IMODE(mode):
+        os.chmod(dst, stat.S_IMODE(mode))
 
 
 def judge(task: EntryTask, options: CopyOptions) -> int:
@@ -365,7 +473,7 @@ def judge(task: EntryTask, options: CopyOptions) -> int:
             # the next quick check agrees, instead of copying the content again (rsync -c does too).
             os.utime(task.dst, ns=(task.atime_ns, task.mtime_ns), follow_symlinks=False)
         if options.preserve_perms and not options.dry_run:
-            _sync_mode(task, st)
+            _sync_mode(task.dst, task.mode, st)
         return DST_SAME
     return DST_SAME if _same_symlink(task, st) else DST_DIFFERS
 
@@ -459,7 +567,8 @@ def _copy_whole(src_fd: int, dst_fd: int, task: EntryTask, options: CopyOptions,
         # _check_unchanged); a file that says 0 bytes may still have content (procfs): read it.
         return copy_range(src_fd, dst_fd, 0, task.size or None,
                           use_fast_paths=options.use_fast_paths and task.size > 0,
-                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices)
+                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices,
+                          dst_at_offset=True)
     # Holes stay holes: size the file first, then copy only the data segments.
     os.ftruncate(dst_fd, task.size)
     copied = 0

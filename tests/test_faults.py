@@ -198,14 +198,15 @@ def test_an_entry_that_kills_its_worker_twice_is_reported_alone(tmp_path: Path,
     for i in range(40):
         (src / f"f{i:02d}").write_text(f"file {i}")
     (src / "poison").write_text("kills whoever copies it")
-    real = pcopy.worker.copy_entry
+    real = pcopy.worker.create_temp
 
-    def deadly(task: Any, *args: Any) -> int:
-        if task.src.endswith("poison"):
+    def deadly(dst: str, mode: int) -> tuple[int, str]:
+        if dst.endswith("poison"):
             os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
-        return real(task, *args)
+        return real(dst, mode)
 
-    monkeypatch.setattr(pcopy.worker, "copy_entry", deadly)  # fork: workers inherit the patch
+    # Every file copy creates its temporary file through this name (fork: workers inherit it).
+    monkeypatch.setattr(pcopy.worker, "create_temp", deadly)
     config = Config(jobs=2, batch_files=8, start_method="fork")
     report = run_copy(locate(str(src), str(tmp_path / "dst")), config)
     assert [(Path(f.path).name, f.message) for f in report.failures] == [("poison", WORKER_DIED)]
