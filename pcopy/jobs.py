@@ -122,6 +122,9 @@ class RangeJob:
     length: int
     sparse: bool
     options: CopyOptions
+    # copy_file_range works between these files: in-kernel copies. Otherwise the fast path for a
+    # range is pread/pwrite, which overlaps with the other ranges' writes (fastcopy.copy_positional).
+    in_kernel: bool = False
 
 
 Job = BatchJob | DirJob | RangeJob

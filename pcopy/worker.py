@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
-from pcopy.fastcopy import copy_range, data_segments, digest_range, is_sparse
+from pcopy.fastcopy import copy_positional, copy_range, data_segments, digest_range, is_sparse
 from pcopy.jobs import (
     COMPARE_ALWAYS,
     COMPARE_QUICK,
@@ -591,8 +591,11 @@ def _run_range(job: RangeJob, progress: _Progress | None) -> JobResult:
                 segments = (data_segments(src_fd, job.offset, end) if job.sparse
                             else [(job.offset, job.length)])
                 for offset, length in segments:
-                    copied = copy_range(src_fd, dst_fd, offset, length, use_fast_paths=opts.use_fast_paths,
-                                        buffer_bytes=opts.buffer_bytes, on_bytes=on_bytes)
+                    if opts.use_fast_paths and not job.in_kernel:
+                        copied = copy_positional(src_fd, dst_fd, offset, length, on_bytes)
+                    else:
+                        copied = copy_range(src_fd, dst_fd, offset, length, use_fast_paths=opts.use_fast_paths,
+                                            buffer_bytes=opts.buffer_bytes, on_bytes=on_bytes)
                     if copied != length:
                         raise ChangedError("file shrank during copy")
                     result.bytes += copied

@@ -10,8 +10,12 @@ from typing import Any
 
 import pytest
 
+import pcopy.worker
 from pcopy import fastcopy
+from pcopy.config import Config
 from pcopy.fastcopy import copy_range, data_segments
+from pcopy.runner import run_copy
+from pcopy.target import locate
 
 DATA = os.urandom(300_000)
 
@@ -137,3 +141,67 @@ def test_data_segments_skip_holes(tmp_path: Path) -> None:
         os.close(fd)
     assert sum(length for _, length in segments) < 1 << 20 or not fastcopy._HAS_SEEK_DATA
     assert any(off <= 32 << 20 < off + length for off, length in segments)
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="no copy_file_range here")
+def test_a_short_first_call_continues_where_it_stopped(fds: tuple[int, int, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    s, d, dst = fds
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda a, b, count, *rest: real(a, b, min(count, 1000), *rest))
+    assert _copy(s, d) == (len(DATA), len(DATA))
+    assert dst.read_bytes() == DATA
+
+
+def test_copy_positional_writes_its_range_only(fds: tuple[int, int, Path]) -> None:
+    s, d, dst = fds
+    os.ftruncate(d, len(DATA))
+    seen: list[int] = []
+    assert fastcopy.copy_positional(s, d, 1000, 200_000, seen.append, buffer_bytes=65536) == 200_000
+    assert sum(seen) == 200_000 and max(seen) <= 65536
+    data = dst.read_bytes()
+    assert data[1000:201_000] == DATA[1000:201_000]
+    assert data[:1000] == bytes(1000) and data[201_000:] == bytes(len(DATA) - 201_000)
+    # A source that ends early: only what is there, no error (the caller compares the count).
+    assert fastcopy.copy_positional(s, d, len(DATA) - 10, 100, seen.append) == 10
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="no copy_file_range here")
+def test_copy_file_range_works_is_answered_by_copying_the_first_byte(fds: tuple[int, int, Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    s, d, dst = fds
+    assert fastcopy.copy_file_range_works(s, d) is True
+    assert dst.read_bytes() == DATA[:1]
+    monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.EXDEV))
+    assert fastcopy.copy_file_range_works(s, d) is False
+    monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.EIO))
+    with pytest.raises(OSError):
+        fastcopy.copy_file_range_works(s, d)  # a real error is not "unsupported"
+
+
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="no copy_file_range here")
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_a_large_file_is_one_range_only_where_copy_file_range_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    in_kernel: bool) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(100_000)
+    (src / "big").write_bytes(data)
+    if not in_kernel:  # as between ext4 and tmpfs
+        monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.EXDEV))
+    ranges: list[tuple[int, int, bool]] = []
+    real = pcopy.worker._run_range
+
+    def recording(job: Any, progress: Any) -> Any:
+        ranges.append((job.offset, job.length, job.in_kernel))
+        return real(job, progress)
+
+    monkeypatch.setattr(pcopy.worker, "_run_range", recording)
+    report = run_copy(locate(str(src), str(tmp_path / "dst")), Config(jobs=1, chunk_bytes=30_000))
+    assert report.failures == [] and report.files == 1
+    assert (tmp_path / "dst" / "big").read_bytes() == data
+    if in_kernel:  # one in-kernel stream
+        assert ranges == [(0, 100_000, True)]
+    else:  # ranges for pread/pwrite in parallel
+        assert ranges == [(0, 30_000, False), (30_000, 30_000, False), (60_000, 30_000, False),
+                          (90_000, 10_000, False)]
