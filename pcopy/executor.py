@@ -15,7 +15,6 @@ so running one twice is safe, and a result that arrives twice is counted once.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 import os
@@ -245,7 +244,7 @@ class Executor:
             elif isinstance(job, DirJob) and len(job.names) > 1:
                 self.on_result(JobResult(job.job_id))
                 for name in job.names:
-                    self._send_single(dataclasses.replace(job, job_id=next(self.split_ids), names=(name,)))
+                    self._send_single(job._replace(job_id=next(self.split_ids), names=(name,)))
             else:
                 self.attempts[job.job_id] = self.attempts.get(job.job_id, 0) + 1
                 self._send(job)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 
 class Kind(str, Enum):
@@ -19,8 +20,7 @@ class Kind(str, Enum):
     SOCKET = "socket"
 
 
-@dataclass(frozen=True, slots=True)
-class CopyOptions:
+class CopyOptions(NamedTuple):
     """What a worker needs to know about how to copy; a subset of Config."""
 
     use_fast_paths: bool = True  # False: the plain read/write loop only
@@ -83,8 +83,7 @@ class EntryTask:
     nlink: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class BatchJob:
+class BatchJob(NamedTuple):
     """Many small entries copied one after another by one worker."""
 
     job_id: int
@@ -92,8 +91,7 @@ class BatchJob:
     options: CopyOptions
 
 
-@dataclass(frozen=True, slots=True)
-class DirJob:
+class DirJob(NamedTuple):
     """Up to a batch of names in one source directory, stat'ed and copied by the worker. Files
     larger than split_bytes and files with more than one link are handed back to the parent
     (byte ranges and hard links are the parent's to plan), and so are files beyond job_bytes,
@@ -110,8 +108,7 @@ class DirJob:
     options: CopyOptions
 
 
-@dataclass(frozen=True, slots=True)
-class RangeJob:
+class RangeJob(NamedTuple):
     """Bytes [offset, offset + length) of a large file, written into its pre-sized temporary file."""
 
     job_id: int
@@ -130,8 +127,7 @@ class RangeJob:
 Job = BatchJob | DirJob | RangeJob
 
 
-@dataclass(frozen=True, slots=True)
-class CopyFailure:
+class CopyFailure(NamedTuple):
     """An entry that could not be copied. errno is None when the failure has no OS error number."""
 
     path: str

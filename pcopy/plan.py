@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pcopy.config import Compare, Config, Method
 from pcopy.fastcopy import is_sparse
@@ -32,15 +32,13 @@ from pcopy.jobs import (
 from pcopy.walk import Entry, Names
 
 
-@dataclass(frozen=True, slots=True)
-class SplitFile:
+class SplitFile(NamedTuple):
     """A large file the runner copies as byte ranges into one pre-sized temporary file."""
 
     task: EntryTask
 
 
-@dataclass(frozen=True, slots=True)
-class HardLink:
+class HardLink(NamedTuple):
     """dst must become another name of first_dst (they share an inode in the source)."""
 
     src: str

@@ -5,15 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pcopy.errors import RefusedError
 from pcopy.jobs import Kind
 from pcopy.walk import kind_of
 
 
-@dataclass(frozen=True, slots=True)
-class PathInfo:
+class PathInfo(NamedTuple):
     """What the target rules need to know about one path as the user typed it."""
 
     given: str
@@ -28,8 +27,7 @@ class PathInfo:
     error: str | None = None  # why it cannot be read, when it exists but cannot be
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     src: str  # what to read
     dst: str  # what to write (for a file SRC into a directory DST: DST/<name of SRC>)
     src_kind: Kind

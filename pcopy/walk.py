@@ -10,13 +10,12 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pcopy.jobs import Kind
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One source entry: where it is and the lstat (stat with -L) fields planning needs."""
 
     src: str
@@ -69,8 +68,7 @@ def make_entry(src: str, rel: str, st: os.stat_result) -> Entry | None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Names:
+class Names(NamedTuple):
     """Up to `chunk` non-directory names of one source directory, not yet stat'ed: the workers
     stat them, so the parent's cost per file is one directory-entry read (no syscall)."""
 

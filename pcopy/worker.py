@@ -10,8 +10,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
 from pcopy.fastcopy import copy_positional, copy_range, data_segments, digest_range, is_sparse
@@ -211,8 +210,7 @@ def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, res
         result.failures.append(CopyFailure.of(task.src, exc))
 
 
-@dataclass(frozen=True, slots=True)
-class DstDir:
+class DstDir(NamedTuple):
     """What a worker learns from one stat of a destination directory, for all files in it."""
 
     dev: int
