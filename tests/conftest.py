@@ -119,7 +119,7 @@ for args in (["src", "dst", "--json", "-j", "2", "--chunk-size", "4K"], ["src", 
     out, err = (io.TextIOWrapper(io.BytesIO()) for _ in range(2))  # pcopy writes to .buffer
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         with contextlib.suppress(SystemExit):
-            pcopy.cli.main()
+            pcopy.cli.app(prog_name="pcopy")  # main() itself leaves with os._exit
 print(json.dumps({n: getattr(m, "__file__", None) for n, m in list(sys.modules.items())}))
 """
     with tempfile.TemporaryDirectory() as scratch:
