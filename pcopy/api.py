@@ -21,7 +21,7 @@ def copy(
     dst: str | os.PathLike[str],
     *,
     jobs: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK_BYTES,
+    chunk_size: int | None = DEFAULT_CHUNK_BYTES,
     method: Method | str = Method.AUTO,
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     dereference: bool = False,

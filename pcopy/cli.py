@@ -16,7 +16,6 @@ from typer.core import TyperCommand
 from pcopy import __version__
 from pcopy.config import (
     DEFAULT_BUFFER_BYTES,
-    DEFAULT_CHUNK_BYTES,
     Compare,
     Config,
     Method,
@@ -85,8 +84,9 @@ def copy_command(
         help="Worker processes (default: CPUs available to pcopy).")] = None,
     chunk_size: Annotated[Optional[str], typer.Option(
         "--chunk-size", metavar="SIZE", show_default=False,
-        help="Files larger than this are split into byte ranges copied in parallel "
-             "(e.g. 1048576, 64K, 8M, 1G; default 256M).")] = None,
+        help="Split files larger than this into byte ranges copied by several workers "
+             "(e.g. 1048576, 64K, 8M, 1G). Default: no split, one stream per file (faster "
+             "on local file systems).")] = None,
     method: Annotated[Method, typer.Option(
         "--method", case_sensitive=False,
         help="auto: kernel copy (copy_file_range, sendfile) with fallbacks; readwrite: the "
@@ -196,7 +196,7 @@ def copy_command(
     root = hasattr(os, "geteuid") and os.geteuid() == 0
     config = Config(
         jobs=jobs if jobs is not None else default_jobs(),
-        chunk_bytes=_size(chunk_size) if chunk_size is not None else DEFAULT_CHUNK_BYTES,
+        chunk_bytes=_size(chunk_size) if chunk_size is not None else None,
         method=Method.READWRITE if buffer_size is not None else method,
         buffer_bytes=_size(buffer_size) if buffer_size is not None else DEFAULT_BUFFER_BYTES,
         dereference=dereference,

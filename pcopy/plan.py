@@ -5,7 +5,7 @@
   one directory-entry read, and one apply_async, ~30 us, is shared by hundreds of files).
 - Entries whose stat is known (a single-file copy, pcopy.copytree's listing, what a DirJob hands
   back) are batched: a job closes at batch_files entries or batch_bytes bytes.
-- Files larger than chunk_bytes become a SplitFile: the runner pre-sizes a temporary file and
+- Files larger than chunk_bytes (when one is set) become a SplitFile: the runner pre-sizes a temporary file and
   sends byte ranges from split_ranges to different workers.
 - Further names of a hard-linked inode become HardLink records, made after all data is copied.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -100,6 +101,8 @@ class Planner:
     def __init__(self, config: Config, options: CopyOptions) -> None:
         self.config = config
         self.options = options
+        # Files larger than this are split into byte ranges; no chunk size: none is.
+        self.split_bytes = config.chunk_bytes if config.chunk_bytes is not None else sys.maxsize
         self._ids = itertools.count()
         self._batch: list[EntryTask] = []
         self._batch_bytes = 0
@@ -116,7 +119,7 @@ class Planner:
     def dir_job(self, names: Names, dst_dir: str, check_dst: bool) -> DirJob:
         """A chunk of unstat'ed names for a worker to stat and copy (see DirJob)."""
         return DirJob(self.next_id(), names.src_dir, dst_dir, names.names, check_dst,
-                      split_bytes=self.config.chunk_bytes, job_bytes=self.config.batch_bytes,
+                      split_bytes=self.split_bytes, job_bytes=self.config.batch_bytes,
                       hand_back_links=self.config.preserve_hard_links, options=self.options)
 
     def add_task(self, task: EntryTask) -> list[BatchJob | SplitFile]:
@@ -128,7 +131,7 @@ class Planner:
                 self.links.append(HardLink(task.src, task.dst, first))
                 return []
             self._first_names[key] = task.dst
-        if task.kind is Kind.FILE and task.size > self.config.chunk_bytes:
+        if task.kind is Kind.FILE and task.size > self.split_bytes:
             return [SplitFile(task)]
         self._batch.append(task)
         self._batch_bytes += task.size

@@ -351,13 +351,12 @@ class CopyRun:
             _remove(tmp)
             self.report.failures.append(CopyFailure.of(task.src, exc))
             return
-        # Writes into one file are serialised by the kernel. Where copy_file_range works (same
-        # kind of file system), one in-kernel stream is as fast as the file gets: one range.
-        # Elsewhere (e.g. ext4 -> tmpfs) ranges copied with pread/pwrite by several workers
-        # overlap their reads with each other's writes. Measured on 2 cores, 2 GiB: 2 ranges in
-        # parallel by copy_file_range 0.86-0.95 s vs one stream 0.76-0.82 s (ext4 -> ext4);
-        # pread/pwrite ranges 0.81-0.88 s vs one sendfile stream 0.94-1.01 s (ext4 -> tmpfs).
-        ranges = split_ranges(segments, max(task.size, 1) if in_kernel else self.config.chunk_bytes)
+        # Only with a chunk size set (the default copies every file as one stream, see
+        # config.DEFAULT_CHUNK_BYTES). Where copy_file_range works between the two files the ranges
+        # are copied in the kernel (2 GiB ext4 -> ext4, 2 ranges: 0.86-0.95 s; pread/pwrite was
+        # bimodal, 0.6 or 2 s); elsewhere (e.g. ext4 -> tmpfs: EXDEV) by pread/pwrite, whose reads
+        # overlap the other ranges' writes, where sendfile ranges would simply queue on the lock.
+        ranges = split_ranges(segments, self.planner.split_bytes)
         file_id = self.planner.next_id()
         state = _SplitState(task, tmp, remaining=len(ranges), replaces=found == DST_DIFFERS)
         self.splits[file_id] = state

@@ -181,8 +181,9 @@ def test_copy_file_range_works_is_answered_by_copying_the_first_byte(fds: tuple[
 
 @pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="no copy_file_range here")
 @pytest.mark.parametrize("in_kernel", [True, False])
-def test_a_large_file_is_one_range_only_where_copy_file_range_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    in_kernel: bool) -> None:
+def test_ranges_are_copied_in_kernel_only_where_copy_file_range_works(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      in_kernel: bool) -> None:
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(100_000)
@@ -190,18 +191,36 @@ def test_a_large_file_is_one_range_only_where_copy_file_range_works(tmp_path: Pa
     if not in_kernel:  # as between ext4 and tmpfs
         monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.EXDEV))
     ranges: list[tuple[int, int, bool]] = []
-    real = pcopy.worker._run_range
+    positional: list[int] = []
+    real_range, real_positional = pcopy.worker._run_range, pcopy.worker.copy_positional
 
     def recording(job: Any, progress: Any) -> Any:
         ranges.append((job.offset, job.length, job.in_kernel))
-        return real(job, progress)
+        return real_range(job, progress)
+
+    def counting(*args: Any, **kwargs: Any) -> int:
+        positional.append(1)
+        return real_positional(*args, **kwargs)
 
     monkeypatch.setattr(pcopy.worker, "_run_range", recording)
+    monkeypatch.setattr(pcopy.worker, "copy_positional", counting)
     report = run_copy(locate(str(src), str(tmp_path / "dst")), Config(jobs=1, chunk_bytes=30_000))
     assert report.failures == [] and report.files == 1
     assert (tmp_path / "dst" / "big").read_bytes() == data
-    if in_kernel:  # one in-kernel stream
-        assert ranges == [(0, 100_000, True)]
-    else:  # ranges for pread/pwrite in parallel
-        assert ranges == [(0, 30_000, False), (30_000, 30_000, False), (60_000, 30_000, False),
-                          (90_000, 10_000, False)]
+    assert ranges == [(0, 30_000, in_kernel), (30_000, 30_000, in_kernel), (60_000, 30_000, in_kernel),
+                      (90_000, 10_000, in_kernel)]
+    assert len(positional) == (0 if in_kernel else 4)  # pread/pwrite only where the kernel cannot
+
+
+def test_without_a_chunk_size_a_large_file_is_one_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(3 * 1024 * 1024)
+    (src / "big").write_bytes(data)
+    ranges: list[int] = []
+    real = pcopy.worker._run_range
+    monkeypatch.setattr(pcopy.worker, "_run_range", lambda job, progress: ranges.append(1) or real(job, progress))
+    report = run_copy(locate(str(src), str(tmp_path / "dst")), Config(jobs=1, batch_bytes=1024 * 1024))
+    assert report.failures == [] and report.files == 1 and report.bytes == len(data)
+    assert (tmp_path / "dst" / "big").read_bytes() == data
+    assert ranges == []  # no byte ranges: the file went to a worker whole
