@@ -64,7 +64,9 @@ def processes_mentioning(marker: str) -> list[int]:
     return found
 
 
-def wait_gone(marker: str, seconds: float = 5.0) -> list[int]:
+def wait_gone(marker: str, seconds: float = 15.0) -> list[int]:
+    # Workers normally leave within milliseconds; the bound is generous because once, while
+    # another job saturated the disk with 2 GiB copies, one took longer than 5 s.
     deadline = time.monotonic() + seconds
     while (left := processes_mentioning(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
