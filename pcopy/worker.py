@@ -190,24 +190,32 @@ def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, res
         # Default options: one attribute test, then the quick check exactly as before.
         state = judge_task(task, options)
         if state == DST_SAME:
-            result.skipped += 1
-            result.skipped_bytes += task.size
-            on_bytes(task.size)
+            _count_skipped(result, task.size, on_bytes)
             return
         if options.dry_run:
             copied = task.size  # what a real run would copy; nothing is opened for writing
             on_bytes(copied)
         else:
             copied = copy_entry(task, options, on_bytes, dst_dir)
-        result.bytes += copied
-        result.files += 1
-        if state == DST_DIFFERS:
-            result.replaced += 1
-            result.replaced_bytes += copied
-        if result.changes is not None:
-            result.changes.append((REPLACED if state == DST_DIFFERS else COPIED, task.dst))
+        _count_copied(result, task.dst, copied, state == DST_DIFFERS)
     except (OSError, ChangedError) as exc:
         result.failures.append(CopyFailure.of(task.src, exc))
+
+
+def _count_skipped(result: JobResult, size: int, on_bytes: Callable[[int], None]) -> None:
+    result.skipped += 1
+    result.skipped_bytes += size
+    on_bytes(size)
+
+
+def _count_copied(result: JobResult, dst: str, copied: int, replaced: bool) -> None:
+    result.bytes += copied
+    result.files += 1
+    if replaced:
+        result.replaced += 1
+        result.replaced_bytes += copied
+    if result.changes is not None:
+        result.changes.append((REPLACED if replaced else COPIED, dst))
 
 
 class DstDir(NamedTuple):
@@ -333,18 +341,10 @@ class _Lean:
         try:
             replacing = False
             if self.check_dst:
-                try:
-                    there = os.lstat(dst)
-                except FileNotFoundError:
-                    pass
-                else:
-                    if stat.S_ISDIR(there.st_mode):
-                        raise IsADirectoryError(21, "cannot overwrite directory with non-directory", dst)
-                    if stat.S_ISREG(there.st_mode) and there.st_size == size and there.st_mtime_ns == st.st_mtime_ns:
-                        _sync_mode(dst, st.st_mode, there)
-                        result.skipped += 1
-                        result.skipped_bytes += size
-                        on_bytes(size)
+                there = _existing(dst)
+                if there is not None:
+                    if _file_up_to_date(dst, size, st.st_mtime_ns, st.st_mode, there):
+                        _count_skipped(result, size, on_bytes)
                         return
                     replacing = True
             src_fd = os.open(src, self.src_flags)
@@ -355,9 +355,7 @@ class _Lean:
                         copied = copy_range(src_fd, dst_fd, 0, size, use_fast_paths=True,
                                             buffer_bytes=self.buffer_bytes, on_bytes=on_bytes,
                                             devices=(st.st_dev, self.devices_dst), dst_at_offset=True)
-                        now = os.fstat(src_fd)
-                        if now.st_size != size or now.st_mtime_ns != st.st_mtime_ns or copied != size:
-                            raise ChangedError(f"file changed during copy (size {size} -> {now.st_size})")
+                        _check_unchanged(src_fd, size, st.st_mtime_ns, copied, sparse=False)
                         os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
                     finally:
                         os.close(dst_fd)
@@ -370,11 +368,7 @@ class _Lean:
         except (OSError, ChangedError) as exc:
             result.failures.append(CopyFailure.of(src, exc))
             return
-        result.files += 1
-        result.bytes += size
-        if replacing:
-            result.replaced += 1
-            result.replaced_bytes += size
+        _count_copied(result, dst, size, replacing)
 
 
 def task_from_stat(src: str, dst: str, st: os.stat_result, check_dst: bool) -> EntryTask | None:
@@ -411,20 +405,34 @@ def judge_task(task: EntryTask, options: CopyOptions) -> int:
 
 def dst_state(task: EntryTask) -> int:
     """DST_MISSING, DST_DIFFERS or DST_SAME for task.dst, by the quick check of rsync, rclone
-    and robocopy: same type, size and mtime (symlinks: same target); one lstat. A destination
-    directory where a non-directory belongs is an error, never replaced."""
-    try:
-        st = os.lstat(task.dst)
-    except FileNotFoundError:
+    and robocopy: same type, size and mtime (symlinks: same target); one lstat."""
+    there = _existing(task.dst)
+    if there is None:
         return DST_MISSING
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(21, "cannot overwrite directory with non-directory", task.dst)
     if task.kind is Kind.FILE:
-        if stat.S_ISREG(st.st_mode) and st.st_size == task.size and st.st_mtime_ns == task.mtime_ns:
-            _sync_mode(task.dst, task.mode, st)
-            return DST_SAME
-        return DST_DIFFERS
-    return DST_SAME if _same_symlink(task, st) else DST_DIFFERS
+        return DST_SAME if _file_up_to_date(task.dst, task.size, task.mtime_ns, task.mode, there) else DST_DIFFERS
+    return DST_SAME if _same_symlink(task, there) else DST_DIFFERS
+
+
+def _existing(dst: str) -> os.stat_result | None:
+    """The lstat of what is at dst, None when nothing is. A directory where a non-directory
+    belongs is an error, never replaced."""
+    try:
+        there = os.lstat(dst)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISDIR(there.st_mode):
+        raise IsADirectoryError(21, "cannot overwrite directory with non-directory", dst)
+    return there
+
+
+def _file_up_to_date(dst: str, size: int, mtime_ns: int, mode: int, there: os.stat_result) -> bool:
+    """The quick check for a regular file: same type, size and mtime. An up-to-date file whose
+    permissions changed in SRC gets them (see _sync_mode)."""
+    if stat.S_ISREG(there.st_mode) and there.st_size == size and there.st_mtime_ns == mtime_ns:
+        _sync_mode(dst, mode, there)
+        return True
+    return False
 
 
 def _same_symlink(task: EntryTask, st: os.stat_result) -> bool:
@@ -524,7 +532,7 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
             try:
                 devices = (task.dev, dst_dir.dev) if dst_dir is not None else None
                 copied = _copy_whole(src_fd, dst_fd, task, options, on_bytes, devices)
-                _check_unchanged(src_fd, task, copied)
+                _check_unchanged(src_fd, task.size, task.mtime_ns, copied, task.sparse)
                 if options.verify:
                     check_same(src_fd, dst_fd, 0, None)
                 if options.preserve_xattrs:
@@ -548,14 +556,14 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
     return task.size or copied
 
 
-def _check_unchanged(src_fd: int, task: EntryTask, copied: int) -> None:
+def _check_unchanged(src_fd: int, size: int, mtime_ns: int, copied: int, sparse: bool) -> None:
     """A file that was written to while we copied it would leave a mix of old and new bytes:
     compare size and mtime with what the walk saw, and refuse the copy if they moved."""
     st = os.fstat(src_fd)
-    if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
-        raise ChangedError(f"file changed during copy (size {task.size} -> {st.st_size})")
-    if not task.sparse and task.size and copied != task.size:
-        raise ChangedError(f"file changed during copy ({copied} of {task.size} bytes read)")
+    if st.st_size != size or st.st_mtime_ns != mtime_ns:
+        raise ChangedError(f"file changed during copy (size {size} -> {st.st_size})")
+    if not sparse and size and copied != size:
+        raise ChangedError(f"file changed during copy ({copied} of {size} bytes read)")
 
 
 def _copy_whole(src_fd: int, dst_fd: int, task: EntryTask, options: CopyOptions,
