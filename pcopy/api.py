@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from pcopy.config import DEFAULT_BUFFER_BYTES, DEFAULT_CHUNK_BYTES, Compare, Config, Method, default_jobs
+from pcopy.config import DEFAULT_BUFFER_BYTES, DEFAULT_CHUNK_BYTES, Compare, Config, Engine, Method, default_jobs
 from pcopy.errors import RefusedError
 from pcopy.jobs import Kind
 from pcopy.progress import CallbackProgress, ProgressSink
@@ -45,6 +45,8 @@ def copy(
     preserve_xattrs: bool = False,
     preserve_owner: bool | None = None,
     preserve_group: bool | None = None,
+    engine: Engine | str = Engine.LOCAL,
+    ray_address: str | None = None,
 ) -> CopyReport:
     """Copy src to dst exactly as `pcopy SRC DST` does and return the report.
 
@@ -59,6 +61,11 @@ def copy(
     "exclude-from", value) pairs in order, ``dry_run``, ``record_changes`` (fills
     ``report.changes`` with (action, dst path) pairs), and what metadata to keep
     (``preserve_owner``/``preserve_group`` None: when running as root).
+
+    ``engine="ray"`` runs the jobs on a Ray cluster (``pip install 'pcopy[ray]'``): the one
+    this process is connected to already, else ``ray_address`` (None: Ray's convention,
+    ``RAY_ADDRESS`` first). Every node must see src and dst at the same paths (checked first:
+    :class:`pcopy.RefusedError` otherwise); ``jobs`` None means the cluster's CPUs.
     """
     if checksum and ignore_times:
         raise ValueError("checksum and ignore_times exclude each other")
@@ -91,10 +98,19 @@ def copy(
         preserve_xattrs=preserve_xattrs,
         preserve_owner=preserve_owner,
         preserve_group=preserve_group,
+        engine=Engine(engine),
+        ray_address=ray_address,
     )
+    if ray_address is not None and config.engine is not Engine.RAY:
+        raise ValueError("ray_address needs engine='ray'")
     target = locate(os.fspath(src), os.fspath(dst))
     if config.delete and target.src_kind is not Kind.DIR:
         raise RefusedError("--delete needs SRC to be a directory")
     sink: ProgressSink | None
     sink = progress if progress is None or isinstance(progress, ProgressSink) else CallbackProgress(progress)
+    if config.engine is Engine.RAY:
+        from pcopy.raypool import ray_session
+
+        with ray_session(target, config, jobs_given=jobs is not None) as ray_config:
+            return run_copy(target, ray_config, sink)
     return run_copy(target, config, sink)

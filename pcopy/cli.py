@@ -18,6 +18,7 @@ from pcopy.config import (
     DEFAULT_BUFFER_BYTES,
     Compare,
     Config,
+    Engine,
     Method,
     default_jobs,
     parse_size,
@@ -167,6 +168,15 @@ def copy_command(
     group: Annotated[bool, typer.Option(
         "--group", help="Set the group to SRC's (default when root; a user may set groups "
                         "they belong to).")] = False,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", case_sensitive=False,
+        help="local: worker processes on this machine; ray: workers on a Ray cluster whose "
+             "nodes all see SRC and DST at the same paths (pip install 'pcopy[ray]'; -j "
+             "default: the cluster's CPUs).")] = Engine.LOCAL,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", metavar="ADDR", show_default=False,
+        help="With --engine ray: the cluster to use (default: $RAY_ADDRESS, else a cluster "
+             "started with `ray start` here, else a new local Ray).")] = None,
     version: Annotated[Optional[bool], typer.Option(
         "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
 ) -> None:
@@ -181,6 +191,8 @@ def copy_command(
 
     if checksum and ignore_times:
         raise typer.BadParameter("--checksum and --ignore-times exclude each other")
+    if ray_address is not None and engine is not Engine.RAY:
+        raise typer.BadParameter("--ray-address needs --engine ray")
     if xattrs and not XATTRS_SUPPORTED:
         raise typer.BadParameter("--xattrs: extended attributes are not supported on this platform")
     filters = None
@@ -218,10 +230,12 @@ def copy_command(
         max_delete=max_delete,
         filters=filters,
         record_changes=itemize or log is not None,
+        engine=engine,
+        ray_address=ray_address,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not quiet)
     output = _Output(json_report, quiet, itemize, log)
-    raise typer.Exit(_run(src, dst, config, show_bar, output))
+    raise typer.Exit(_run(src, dst, config, show_bar, output, jobs_given=jobs is not None))
 
 
 class _Output:
@@ -268,7 +282,7 @@ class _Output:
         return report.exit_code
 
 
-def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) -> int:
+def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output, jobs_given: bool = True) -> int:
     from pcopy.errors import CopyInterruptedError, RefusedError
     from pcopy.interrupts import InterruptGuard
     from pcopy.jobs import Kind
@@ -286,7 +300,13 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) ->
             _err("pcopy: --delete needs SRC to be a directory")
             return EXIT_USAGE
         sink: ProgressSink = TqdmProgress() if show_bar else NullProgress()
-        report = run_copy(target, config, sink)
+        if config.engine is Engine.RAY:  # connect, and check every node sees SRC and DST
+            from pcopy.raypool import ray_session
+
+            with ray_session(target, config, jobs_given) as config:
+                report = run_copy(target, config, sink)
+        else:
+            report = run_copy(target, config, sink)
     except RefusedError as exc:
         _err(f"pcopy: {exc}")
         return EXIT_USAGE

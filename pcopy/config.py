@@ -52,6 +52,13 @@ class Method(str, Enum):
     READWRITE = "readwrite"  # the portable read/write loop only, with Config.buffer_bytes
 
 
+class Engine(str, Enum):
+    """Where jobs run."""
+
+    LOCAL = "local"  # worker processes on this machine (pool.WorkerPool), or the parent itself
+    RAY = "ray"  # actors on a Ray cluster (raypool.RayPool); needs `pip install 'pcopy[ray]'`
+
+
 def default_jobs() -> int:
     """CPUs available to this process (affinity-aware where the OS tells)."""
     try:
@@ -91,6 +98,10 @@ class Config:
     batch_bytes: int = BATCH_BYTES
     # None: the platform's default start method; else "fork", "forkserver" or "spawn".
     start_method: str | None = None
+    engine: Engine = Engine.LOCAL
+    # Ray's address (--ray-address); None: Ray's own convention (RAY_ADDRESS, then a cluster
+    # started with `ray start` on this machine, else a new local Ray). Only with Engine.RAY.
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.jobs < 1:

@@ -161,6 +161,19 @@ class Executor:
         from pcopy.interrupts import deferred, signals_blocked
         from pcopy.pool import WorkerPool
 
+        if self.config.engine == "ray":
+            # Ray actors instead of local processes, and no Manager: its proxies are refused
+            # inside Ray workers; progress travels on a Ray queue the pool owns.
+            from typing import cast
+
+            from pcopy.raypool import RayPool
+
+            with deferred():  # (actors start asynchronously: this takes milliseconds)
+                ray_pool = RayPool(self.config.jobs, initializer=init_worker, on_lost=self._lost,
+                                   progress=self.want_progress)
+            self.progress_queue = ray_pool.progress_queue
+            self.pool = cast(WorkerPool, ray_pool)  # the executor uses raypool.EnginePool's calls only
+            return
         if self.ctx is None:
             import multiprocessing
 

@@ -1,0 +1,343 @@
+"""--engine ray on a real 2-node Ray cluster, started in-process (ray.cluster_utils.Cluster) and
+shared by the module: a copy compared entry by entry with the local engine's, a worker SIGKILLed
+mid-copy, SIGINT, a node that cannot see DST. Runs (never skips) wherever Ray is installed
+(`pip install -e '.[ray]'`). Never `ray start`/`ray stop` here: they act on every Ray process of
+the machine; this module only starts and stops its own cluster, in its own temporary directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import pcopy  # noqa: E402
+from pcopy import raypool  # noqa: E402
+from pcopy.errors import RefusedError  # noqa: E402
+from treeutil import (  # noqa: E402
+    assert_same_tree,
+    build_sample_tree,
+    compare,
+    snapshot,
+    stamp_times,
+    temp_leftovers,
+)
+
+MIB = 1024 * 1024
+
+# Every Ray process this module starts reads these: no usage reports, no token (a test cluster
+# on one machine), and everything Ray writes (sockets, logs, the "current cluster" file that a
+# bare ray.init() would find) under the module's own temporary directory.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+@dataclass
+class RayCluster:
+    address: str
+    hidden: Path  # what the second node's probe cannot see (raypool.PROBE_HIDE_ENV)
+    hiding_node: str  # that node's id
+    base: Path
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(RAY_ENV)
+        env["RAY_TMPDIR"] = str(self.base)
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    from ray.cluster_utils import Cluster
+
+    # Short: Ray's unix socket paths live under it and must stay under ~107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="pcr-", dir="/tmp"))
+    saved = {key: os.environ.get(key) for key in [*RAY_ENV, "RAY_TMPDIR", "RAY_ADDRESS"]}
+    os.environ.update(RAY_ENV)
+    os.environ["RAY_TMPDIR"] = str(base)
+    os.environ.pop("RAY_ADDRESS", None)
+    hidden = base / "unseen"
+    hidden.mkdir()
+    small_store = 80 * MIB  # pcopy's results are a few KiB: the object store stays near empty
+    nodes = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "object_store_memory": small_store})
+    try:
+        second = nodes.add_node(num_cpus=1, object_store_memory=small_store,
+                                env_vars={raypool.PROBE_HIDE_ENV: str(hidden)})
+        ray.init(address=nodes.address, log_to_driver=False, logging_level=logging.ERROR)
+        yield RayCluster(nodes.address, hidden, second.node_id, base)
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ray_workers() -> list[int]:
+    """Pids of pcopy's Ray actors on this machine (Ray titles them ray::<class name>)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::" + raypool.WORKER_CLASS_NAME.encode()):
+            found.append(int(pid))
+    return found
+
+
+def wait_no_workers(seconds: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (left := ray_workers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def make_slow_tree(root: Path, large: int = 4, large_mib: int = 48, small: int = 400) -> None:
+    """Large files (slow with --buffer-size 1024) and small ones in several directories."""
+    block = os.urandom(MIB)
+    for i in range(large):
+        (root / f"big{i}").mkdir(parents=True)
+        with open(root / f"big{i}" / "large.bin", "wb") as fh:
+            for j in range(large_mib):
+                fh.write(block[j:] + block[:j])
+    for i in range(small):
+        d = root / f"d{i % 4}"
+        d.mkdir(exist_ok=True)
+        (d / f"s{i:04d}.txt").write_bytes(block[i:i + 3000])
+
+
+def final_files(root: Path) -> int:
+    return sum(1 for _, _, files in os.walk(root) for name in files if ".pcopy-" not in name)
+
+
+def wait_in_flight(dst: Path, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if dst.exists() and temp_leftovers(dst) and final_files(dst):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the copy never got half-way")
+
+
+def assert_complete_files_only(src: Path, dst: Path) -> None:
+    for dirpath, _, files in os.walk(dst):
+        for name in files:
+            copied = Path(dirpath) / name
+            assert copied.read_bytes() == (src / copied.relative_to(dst)).read_bytes(), f"partial: {copied}"
+
+
+@pytest.fixture(scope="module")
+def slow_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("rayslow") / "src"
+    make_slow_tree(src)
+    stamp_times(src)  # (an atime in the future: reading SRC cannot change it)
+    return src
+
+
+def spy_pool(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Count what the RayPool did: calls sent, nodes its actors went to, actors lost."""
+    seen: dict[str, Any] = {"calls": 0, "nodes": set(), "lost": 0}
+    apply_async = raypool.RayPool.apply_async
+    start_actor = raypool.RayPool._start_actor
+    lost = raypool.RayPool._lost
+
+    def counting_apply(self: raypool.RayPool, *args: Any, **kwargs: Any) -> Any:
+        seen["calls"] += 1
+        return apply_async(self, *args, **kwargs)
+
+    def recording_start(self: raypool.RayPool, *args: Any, **kwargs: Any) -> Any:
+        actor = start_actor(self, *args, **kwargs)
+        seen["nodes"].add(actor.node_id)
+        return actor
+
+    def counting_lost(self: raypool.RayPool, *args: Any, **kwargs: Any) -> Any:
+        seen["lost"] += 1
+        return lost(self, *args, **kwargs)
+
+    monkeypatch.setattr(raypool.RayPool, "apply_async", counting_apply)
+    monkeypatch.setattr(raypool.RayPool, "_start_actor", recording_start)
+    monkeypatch.setattr(raypool.RayPool, "_lost", counting_lost)
+    return seen
+
+
+def make_sparse(path: Path, size: int, data_at: list[int]) -> None:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for offset in data_at:
+            fh.seek(offset)
+            fh.write(os.urandom(4096))
+
+
+# -- the copy -------------------------------------------------------------------------------------
+def test_tree_copied_on_ray_equals_the_local_engines_copy(cluster: RayCluster, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    build_sample_tree(src, outside=tmp_path)
+    make_sparse(src / "sparse.img", 32 * MIB, [0, 16 * MIB])
+    for i in range(6):  # several directories of small files: jobs enough for the pool to start
+        for j in range(60):
+            (src / f"many{i}").mkdir(exist_ok=True)
+            (src / f"many{i}" / f"f{j}").write_bytes(os.urandom(j * 37))
+    stamp_times(src)
+    seen = spy_pool(monkeypatch)
+    local = pcopy.copy(src, tmp_path / "local", jobs=2)
+    assert seen["calls"] == 0
+    progress: list[tuple[int, int, int]] = []
+    report = pcopy.copy(src, tmp_path / "ray", jobs=2, engine="ray",
+                        progress=lambda done, total, files: progress.append((done, total, files)))
+    assert seen["calls"] >= 6, "the jobs did not go through the Ray pool"
+    assert len(seen["nodes"]) == 2, "workers were not spread over both nodes"
+    assert (report.exit_code, report.failed) == (0, 0)
+    assert (report.files, report.dirs, report.bytes) == (local.files, local.dirs, local.bytes)
+    assert_same_tree(src, tmp_path / "ray")
+    problems = compare(snapshot(tmp_path / "local"), snapshot(tmp_path / "ray"))
+    # Hard-link groups and inodes are compared within each tree by compare(); across the two
+    # copies only "DST inode is a SRC inode" could fire, and it does not (different files).
+    assert problems == []
+    blocks_local = os.stat(tmp_path / "local" / "sparse.img").st_blocks
+    blocks_ray = os.stat(tmp_path / "ray" / "sparse.img").st_blocks
+    assert blocks_ray * 512 <= MIB and blocks_ray == blocks_local, "holes not kept"
+    assert progress and progress[-1][2] > 0, "no progress came back from the Ray workers"
+    assert temp_leftovers(tmp_path / "ray") == []
+    assert wait_no_workers() == [], "actors still alive after the copy"
+
+
+def test_rerun_on_ray_skips_everything(cluster: RayCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(4):
+        (src / f"d{i}").mkdir(parents=True)
+        for j in range(30):
+            (src / f"d{i}" / f"f{j}").write_bytes(b"x" * j)
+    first = pcopy.copy(src, tmp_path / "dst", jobs=2, engine="ray")
+    again = pcopy.copy(src, tmp_path / "dst", jobs=2, engine="ray")
+    assert (first.files, first.skipped) == (120, 0)
+    assert (again.files, again.skipped, again.exit_code) == (0, 120, 0)
+
+
+# -- faults ---------------------------------------------------------------------------------------
+def test_worker_sigkilled_mid_copy_gives_a_complete_copy(cluster: RayCluster, slow_src: Path,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    dst = tmp_path / "dst"
+    seen = spy_pool(monkeypatch)
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        wait_in_flight(dst)
+        workers = ray_workers()
+        if workers:
+            os.kill(workers[0], signal.SIGKILL)
+            killed.append(workers[0])
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    report = pcopy.copy(slow_src, dst, jobs=2, engine="ray", buffer_size=1024, method="readwrite")
+    killer.join(5)
+    assert killed, "no worker was running to be killed"
+    assert seen["lost"] >= 1, "the death was not noticed"
+    assert (report.exit_code, report.failed) == (0, 0), report.failures
+    assert temp_leftovers(dst) == []
+    assert_same_tree(slow_src, dst)
+
+
+def test_sigint_exits_130_without_temporary_files(cluster: RayCluster, slow_src: Path,
+                                                  tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pcopy", str(slow_src), str(dst), "--engine", "ray", "--ray-address",
+         cluster.address, "-j", "2", "--no-progress", "--buffer-size", "1024"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cluster.env())
+    try:
+        wait_in_flight(dst)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 8
+    text = err.decode()
+    assert "interrupted" in text and "Traceback" not in text
+    assert wait_no_workers() == [], "a Ray worker outlived the interrupted pcopy"
+    assert temp_leftovers(dst) == []
+    assert_complete_files_only(slow_src, dst)
+    assert 0 < final_files(dst) < final_files(slow_src)
+
+
+# -- preconditions --------------------------------------------------------------------------------
+def test_node_that_cannot_see_dst_is_refused(cluster: RayCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("x")
+    dst = cluster.hidden / "dst"
+    out = subprocess.run([sys.executable, "-m", "pcopy", str(src), str(dst), "--engine", "ray",
+                          "--ray-address", cluster.address], capture_output=True, env=cluster.env(),
+                         timeout=60, check=False)
+    err = out.stderr.decode()
+    assert out.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert f"(id {cluster.hiding_node[:8]}) cannot see DST" in lines[0]
+    assert not dst.exists()
+
+
+def test_src_not_seen_by_a_node_is_refused_in_the_api(cluster: RayCluster, tmp_path: Path) -> None:
+    src = cluster.hidden / "src"
+    (src / "d").mkdir(parents=True)
+    try:
+        with pytest.raises(RefusedError, match="cannot see SRC"):
+            pcopy.copy(src, tmp_path / "dst", engine="ray")
+        assert not (tmp_path / "dst").exists()
+    finally:
+        shutil.rmtree(src)
+
+
+def test_missing_ray_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(RefusedError, match=r"pip install 'pcopy\[ray\]'"):
+        pcopy.copy(tmp_path / "src", tmp_path / "dst", engine="ray")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_ray_address_needs_the_ray_engine(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    out = subprocess.run([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / "dst"),
+                          "--ray-address", "127.0.0.1:1"], capture_output=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert b"--ray-address needs --engine ray" in out.stderr
+
+
+def test_local_engine_never_imports_ray(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for i in range(3):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "f").write_text("x")
+    code = ("import sys, pcopy; r = pcopy.copy(sys.argv[1], sys.argv[2], jobs=2); "
+            "assert r.exit_code == 0; assert 'ray' not in sys.modules, 'ray imported'")
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "dst")],
+                         capture_output=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr.decode()
