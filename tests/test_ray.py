@@ -25,9 +25,6 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import pcopy  # noqa: E402
-from pcopy import raypool  # noqa: E402
-from pcopy.errors import RefusedError  # noqa: E402
 from treeutil import (  # noqa: E402
     assert_same_tree,
     build_sample_tree,
@@ -36,6 +33,10 @@ from treeutil import (  # noqa: E402
     stamp_times,
     temp_leftovers,
 )
+
+import pcopy  # noqa: E402
+from pcopy import raypool  # noqa: E402
+from pcopy.errors import RefusedError  # noqa: E402
 
 MIB = 1024 * 1024
 
