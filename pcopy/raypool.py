@@ -616,6 +616,7 @@ def ray_session(target: Target, config: Config, jobs_given: bool) -> Iterator[Co
     if not ray.is_initialized():
         _connect(ray, config.ray_address)
         connected = True
+    notices = _silence_driver_notices(ray) if connected else None
     try:
         nodes = check_nodes(target, config)
         if not jobs_given:
@@ -626,6 +627,29 @@ def ray_session(target: Target, config: Config, jobs_given: bool) -> Iterator[Co
         if connected:
             with contextlib.suppress(Exception):
                 ray.shutdown()
+        if notices is not None:
+            notices()
+
+
+def _silence_driver_notices(ray: Any) -> Callable[[], None] | None:
+    """A connection pcopy made is pcopy's: Ray's driver prints notices from the raylet ("A worker
+    died or was killed ...") on stdout from a thread of its own, which would break --json and
+    the one-line reports. pcopy reports lost work itself, so they are dropped while the copy
+    runs. Returns what undoes it (None where this Ray has no such printer)."""
+    module = getattr(getattr(ray, "_private", None), "worker", None)
+    printer = getattr(module, "print_to_stdstream", None)
+    if module is None or printer is None:
+        return None
+
+    def drop(data: Any, ignore_prefix: bool) -> None:
+        return None
+
+    module.print_to_stdstream = drop
+
+    def restore() -> None:
+        module.print_to_stdstream = printer
+
+    return restore
 
 
 def _connect(ray: Any, address: str | None) -> None:
