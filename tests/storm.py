@@ -308,6 +308,8 @@ def main() -> int:
     tally: dict[str, list[int]] = {row: [0, 0, 0] for row in rows}
 
     def report(trial: Trial) -> None:
+        if sum(n for n, _, _ in tally.values()) % 40 == 0:
+            print(f"{time.strftime('%H:%M:%S')} {sum(n for n, _, _ in tally.values())} trials done", flush=True)
         tally[trial.row][0] += 1
         tally[trial.row][2] += trial.before_pcopy
         if trial.problems:
