@@ -115,6 +115,9 @@ class Executor:
         self.held: list[Job] = []
         self.pending: dict[int, Job] = {}  # job_id -> job, submitted and not yet returned
         self.attempts: dict[int, int] = {}  # job_id -> times its worker died running it
+        # Jobs of workers that died: their temporary files are removed once no worker runs
+        # (the directories they wrote in may hold live workers' temporary files meanwhile).
+        self.abandoned: list[Job] = []
         self.split_ids = itertools.count(-1, -1)  # ids for per-entry retries, never the planner's
         self.max_in_flight = MAX_IN_FLIGHT_PER_WORKER * config.jobs
 
@@ -234,7 +237,7 @@ class Executor:
         """A worker died with these calls unanswered (the pool has replaced it already)."""
         assert self.pool is not None
         jobs: list[Job] = [call.args[0] for call in calls]
-        self.on_abandoned(jobs)  # a SIGKILLed worker could not remove its temporary file
+        self.abandoned.extend(jobs)  # a SIGKILLed worker could not remove its temporary file
         for call, job in zip(calls, jobs, strict=True):
             if job.job_id not in self.pending:
                 continue
@@ -277,9 +280,12 @@ class Executor:
                 # Workers remove their temporary file on SIGTERM; one killed after the grace
                 # time, or caught between creating it and knowing its name, cannot.
                 pool.terminate()
-                self.on_abandoned(list(self.pending.values()))
+                self.abandoned.extend(self.pending.values())
             else:
                 pool.close()
+        if self.abandoned:  # no worker runs now: what is left in their directories is debris
+            abandoned, self.abandoned = self.abandoned, []
+            self.on_abandoned(abandoned)
         if self.manager is not None:
             if not terminate:
                 self._drain_progress()  # what the workers said last, before the Manager goes

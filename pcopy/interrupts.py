@@ -83,10 +83,12 @@ def deferred() -> Any:
 
 
 @contextmanager
-def signals_blocked() -> Iterator[None]:
-    """SIGINT and SIGTERM held back in this thread (so in processes it starts) while inside.
-    Windows has no signal masks: there a child relies on installing its handlers first thing."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+def signals_blocked(all_threads: bool = False) -> Iterator[None]:
+    """SIGINT and SIGTERM held back in this thread (so in processes it starts) while inside; in
+    the main thread only, unless all_threads. Windows has no signal masks: there a child relies
+    on installing its handlers first thing."""
+    if not hasattr(signal, "pthread_sigmask") or (
+            not all_threads and threading.current_thread() is not threading.main_thread()):
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)

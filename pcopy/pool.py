@@ -88,11 +88,13 @@ class _Worker:
 
 
 class WorkerPool:
-    """apply_async(func, args, callback, error_callback) on `processes` worker processes.
+    """apply_async(func, args, callback, error_callback) on up to `processes` worker processes,
+    started as the work needs them: a new one only when every running worker is busy, so a run
+    with three jobs starts three workers whatever -j says.
 
     on_lost(calls, culprit) is called (from poll) when a worker dies: calls are the ones it had
-    not answered; culprit the one it was running (None if it died idle). The dead worker is
-    replaced; the lost calls are the caller's to send again or give up."""
+    not answered; culprit the one it was running (None if it died idle). The lost calls are the
+    caller's to send again (resubmit) or give up; a new worker takes them."""
 
     def __init__(self, processes: int, ctx: Any, initializer: Callable[..., None] | None = None,
                  initargs: tuple[Any, ...] = (),
@@ -105,9 +107,7 @@ class WorkerPool:
         self.backlog: deque[Call] = deque()
         self.ids = 0
         self.closed = False
-        with deferred(), signals_blocked():
-            for _ in range(processes):
-                self.workers.append(self._start_worker())
+        self.max_workers = processes
 
     # -- starting -------------------------------------------------------------------------------
     def _start_worker(self) -> _Worker:
@@ -156,8 +156,12 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         while self.backlog:
-            worker = min(self.workers, key=lambda w: len(w.calls))
-            if len(worker.calls) >= CALLS_PER_WORKER:
+            worker = min(self.workers, key=lambda w: len(w.calls)) if self.workers else None
+            if worker is None or (worker.calls and len(self.workers) < self.max_workers):
+                with deferred(), signals_blocked():
+                    worker = self._start_worker()
+                    self.workers.append(worker)
+            elif len(worker.calls) >= CALLS_PER_WORKER:
                 return
             call = self.backlog.popleft()
             worker.calls.append(call)
@@ -200,15 +204,14 @@ class WorkerPool:
             self._lost(worker)
 
     def _lost(self, worker: _Worker) -> None:
-        """A worker died (or its pipes broke): replace it and hand its calls back."""
+        """A worker died (or its pipes broke): hand its calls back. A new worker is started
+        when there is work for it (_dispatch)."""
         if worker not in self.workers:
             return
-        index = self.workers.index(worker)
+        self.workers.remove(worker)
         calls = list(worker.calls)
         worker.calls.clear()
         _stop([worker], time.monotonic() + KILL_GRACE_S)  # it may be half-dead: make sure
-        with deferred(), signals_blocked():
-            self.workers[index] = self._start_worker()
         self.on_lost(calls, calls[0] if calls else None)
 
     # -- stopping -------------------------------------------------------------------------------
@@ -316,24 +319,30 @@ def _receive(jobs: Connection, inbox: queue.SimpleQueue[Any], parent: int) -> No
     """The worker's reader thread: jobs from the pipe to the main thread, at once, so a parent
     sending never waits on a busy worker. The parent gone (end-of-file, or another parent pid):
     the worker stops as on SIGTERM (the main thread's handler removes its temporary file)."""
-    try:
-        while True:
-            if not jobs.poll(PARENT_CHECK_S):
-                if os.getppid() != parent:
-                    break
-                continue
-            item = jobs.recv()
-            inbox.put(item)
-            if item is None:
-                return
-    except (OSError, EOFError):
-        pass
+    # Signals are for the main thread (only it runs Python's handlers; one delivered to this
+    # thread would leave a main thread blocked in a lock wait unaware of it).
+    with signals_blocked(all_threads=True):
+        try:
+            while True:
+                if not jobs.poll(PARENT_CHECK_S):
+                    if os.getppid() != parent:
+                        break
+                    continue
+                item = jobs.recv()
+                inbox.put(item)
+                if item is None:
+                    return
+        except (OSError, EOFError):
+            pass
     _parent_gone()
 
 
 def _parent_gone() -> None:
     import signal
 
-    os.kill(os.getpid(), signal.SIGTERM)
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+    else:  # Windows: TerminateProcess
+        os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(TERM_GRACE_S)  # the main thread's handler should have ended the process by now
     os._exit(1)
