@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import importlib
 import logging
@@ -47,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from pcopy.errors import RefusedError
 from pcopy.pool import CALLS_PER_WORKER, Call
@@ -105,6 +106,40 @@ class EnginePool(Protocol):
     def terminate(self) -> list[Call]: ...
 
 
+def interruption(exc: BaseException) -> BaseException | None:
+    """The interrupt (CopyInterruptedError, KeyboardInterrupt: not an Exception) behind exc.
+    Ray's blocking calls run Python's signal handlers from Cython code, and what a handler
+    raises there comes out wrapped in a SystemError ("returned a result with an exception
+    set") with the interrupt as its cause."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain; never loop on a cycle
+        if seen is None:
+            return None
+        if not isinstance(seen, Exception):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def passes_interrupts(func: F) -> F:
+    """For driver code that calls Ray: an interrupt raised inside a Ray call leaves as itself,
+    so the copy is interrupted (130/143), not failed with a SystemError."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            interrupt = interruption(exc)
+            if interrupt is None:
+                raise
+            raise interrupt from None
+
+    return cast(F, wrapper)
+
+
 def ray_module() -> Any:
     """Ray, imported only for --engine ray (importing it costs 0.2-0.4 s); refused when missing."""
     try:
@@ -136,6 +171,7 @@ class ProgressChannel:
     def put(self, item: Any) -> None:
         self.ray_queue.actor.put_nowait.remote(item)
 
+    @passes_interrupts
     def get_nowait(self) -> Any:
         if not self.items:
             now = time.monotonic()
@@ -222,12 +258,14 @@ class _Actor:
 
 
 class RayPool:
-    """apply_async(func, args, callback, error_callback) on `processes` Ray actors.
+    """apply_async(func, args, callback, error_callback) on up to `processes` Ray actors,
+    started as the work needs them (as pool.WorkerPool does): a new one only when every running
+    actor is busy, so a small copy on a large cluster does not start an actor per CPU.
 
     on_lost(calls, culprit) is called (from poll) when an actor dies: calls are the ones it had
     not answered; culprit the one it was running (None if it died before it ever started, e.g.
-    its node could not start it). The dead actor is replaced; the lost calls are the caller's to
-    send again or give up. The same contract as pool.WorkerPool."""
+    its node could not start it). The lost calls are the caller's to send again (resubmit) or
+    give up; a new actor takes them. The same contract as pool.WorkerPool."""
 
     def __init__(self, processes: int, initializer: Callable[..., None] | None = None,
                  initargs: tuple[Any, ...] = (),
@@ -240,6 +278,8 @@ class RayPool:
         self.initializer = initializer
         self.initargs = initargs
         self.on_lost = on_lost
+        self.max_workers = processes
+        self.workers: list[_Actor] = []
         self.backlog: deque[Call] = deque()
         self.ids = 0
         self.closed = False
@@ -252,22 +292,25 @@ class RayPool:
         self.actor_class = self.ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0,
                                            max_concurrency=1)(PcopyWorker)
         self.slots = _node_slots(self.ray)
-        self.workers = [self._start_actor(i) for i in range(processes)]
+        self.started = 0
+        self.suspect_nodes: set[str] = set()  # nodes an actor died on: alive still?
 
     # -- starting -------------------------------------------------------------------------------
-    def _start_actor(self, index: int, avoid: str | None = None) -> _Actor:
-        """Worker `index` goes to its slot's node (nodes take workers in proportion to their
-        CPUs, round-robin), or to the next live one when that node is gone."""
+    def _start_actor(self) -> _Actor:
+        """The next actor goes to the next slot's node (nodes take actors in proportion to their
+        CPUs, round-robin), skipping nodes that are gone."""
         node_id = None
-        if self.slots:
-            live = _live_nodes(self.ray) if avoid is not None else None
-            for k in range(len(self.slots)):
-                candidate = self.slots[(index + k) % len(self.slots)]
-                if live is None or (candidate in live and candidate != avoid):
-                    node_id = candidate
-                    break
-            else:
-                node_id = self.slots[index % len(self.slots)]
+        live: set[str] | None = None
+        for k in range(len(self.slots)):
+            candidate = self.slots[(self.started + k) % len(self.slots)]
+            if candidate in self.suspect_nodes:
+                live = _live_nodes(self.ray) if live is None else live
+                if candidate not in live:
+                    continue
+                self.suspect_nodes.discard(candidate)  # only its actor died
+            node_id = candidate
+            break
+        self.started += 1
         options: dict[str, Any] = {}
         if node_id is not None:
             options["scheduling_strategy"] = on_node(node_id)
@@ -283,6 +326,7 @@ class RayPool:
         return [w.info[0] for w in self.workers if w.info is not None]
 
     # -- calls ----------------------------------------------------------------------------------
+    @passes_interrupts
     def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
                     callback: Callable[[Any], None] | None = None,
                     error_callback: Callable[[BaseException], None] | None = None) -> Call:
@@ -294,6 +338,7 @@ class RayPool:
         self._dispatch()
         return call
 
+    @passes_interrupts
     def resubmit(self, call: Call) -> None:
         """Send a lost call again, ahead of the backlog."""
         self.backlog.appendleft(call)
@@ -301,8 +346,11 @@ class RayPool:
 
     def _dispatch(self) -> None:
         while self.backlog:
-            worker = min(self.workers, key=lambda w: len(w.calls))
-            if len(worker.calls) >= CALLS_PER_WORKER:
+            worker = min(self.workers, key=lambda w: len(w.calls)) if self.workers else None
+            if worker is None or (worker.calls and len(self.workers) < self.max_workers):
+                worker = self._start_actor()  # asynchronous: Ray starts it while calls queue
+                self.workers.append(worker)
+            elif len(worker.calls) >= CALLS_PER_WORKER:
                 return
             call = self.backlog.popleft()
             try:
@@ -314,6 +362,7 @@ class RayPool:
             worker.calls.append((call, ref))
 
     # -- results --------------------------------------------------------------------------------
+    @passes_interrupts
     def poll(self, timeout: float) -> None:
         """Wait up to timeout for results (or deaths) and deliver them."""
         refs = [ref for w in self.workers for _, ref in w.calls]
@@ -357,20 +406,22 @@ class RayPool:
                 call.callback(value)
 
     def _lost(self, worker: _Actor) -> None:
-        """An actor died: replace it and hand its calls back. The first call was running, unless
-        the actor never started (then none was: it is no call's fault)."""
-        index = self.workers.index(worker)
+        """An actor died: hand its calls back (a new actor is started when there is work for
+        it). The first call was running, unless the actor never started (then none was: it is
+        no call's fault)."""
+        self.workers.remove(worker)
         calls = [call for call, _ in worker.calls]
         worker.calls.clear()
         with contextlib.suppress(Exception):
             self.ray.kill(worker.handle, no_restart=True)  # half-dead (unreachable): make sure
+        if worker.node_id is not None:
+            self.suspect_nodes.add(worker.node_id)
         culprit = calls[0] if calls and worker.info is not None else None
         if worker.info is None:
             self.start_failures += 1
             if self.start_failures > self.max_start_failures:
                 raise EngineError(errno.EIO, "Ray workers keep dying before they start "
                                   f"({self.start_failures} so far): see the Ray logs of the nodes")
-        self.workers[index] = self._start_actor(index, avoid=worker.node_id)
         self.on_lost(calls, culprit)
 
     # -- stopping -------------------------------------------------------------------------------
@@ -539,6 +590,7 @@ def probe_paths(src: str, dst: str, write: bool) -> dict[str, Any]:
             "writable": writable}
 
 
+@passes_interrupts
 def check_nodes(target: Target, config: Config) -> list[NodeInfo]:
     """Refuse (RefusedError: exit 2, nothing written) unless every node that may run workers
     sees SRC and DST as this machine does, can write DST, runs pcopy (the same version) and as
@@ -660,6 +712,9 @@ def _connect(ray: Any, address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, configure_logging=True)
     except Exception as exc:
+        interrupt = interruption(exc)
+        if interrupt is not None:
+            raise interrupt from None
         where = address or os.environ.get("RAY_ADDRESS") or "the local Ray"
         raise RefusedError(f"cannot connect to Ray at {where}: {_first_line(exc)}") from None
     finally:
