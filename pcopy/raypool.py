@@ -72,6 +72,10 @@ PROGRESS_FETCH_S = 0.1
 # replacing them for ever.
 MAX_START_FAILURES_PER_WORKER = 2
 
+# How long to wait for the TCP connection to a Ray address (seconds) before calling ray.init,
+# which would retry a dead address for minutes.
+CONNECT_CHECK_S = 5.0
+
 # How long the probe (check_nodes) waits for every node to answer (seconds): a node has to
 # start a worker process for it (~1 s idle, more when busy).
 PROBE_TIMEOUT_S = 60.0
@@ -142,6 +146,9 @@ def passes_interrupts(func: F) -> F:
 
 def ray_module() -> Any:
     """Ray, imported only for --engine ray (importing it costs 0.2-0.4 s); refused when missing."""
+    # Ray's C++ core logs retries and warnings on stderr, from the moment it is imported;
+    # pcopy's stderr is one line per problem. An explicit RAY_BACKEND_LOG_LEVEL still wins.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         return importlib.import_module("ray")
     except ImportError:
@@ -707,6 +714,8 @@ def _silence_driver_notices(ray: Any) -> Callable[[], None] | None:
 def _connect(ray: Any, address: str | None) -> None:
     """ray.init, quietly (no dashboard, no worker logs on pcopy's stderr), keeping pcopy's own
     SIGINT/SIGTERM handlers (ray.init installs a SIGTERM handler that calls sys.exit)."""
+    where = address or os.environ.get("RAY_ADDRESS") or ""
+    _check_reachable(where)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -715,10 +724,26 @@ def _connect(ray: Any, address: str | None) -> None:
         interrupt = interruption(exc)
         if interrupt is not None:
             raise interrupt from None
-        where = address or os.environ.get("RAY_ADDRESS") or "the local Ray"
-        raise RefusedError(f"cannot connect to Ray at {where}: {_first_line(exc)}") from None
+        raise RefusedError(f"cannot connect to Ray at {where or 'the local Ray'}: "
+                           f"{_first_line(exc)}") from None
     finally:
         if threading.current_thread() is threading.main_thread():  # (only it may, and only it did)
             for sig, handler in saved.items():
                 if handler is not None:
                     signal.signal(sig, handler)
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse at once when a HOST:PORT address does not accept connections: ray.init would
+    retry for minutes, in C++ code where no signal handler runs (Ctrl-C would wait too)."""
+    if not address or "://" in address or address in ("auto", "local"):
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    if not host or not port.isdigit():
+        return  # Ray's own parser says what is wrong
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_CHECK_S).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise RefusedError(f"cannot connect to Ray at {address}: {reason}") from None
