@@ -146,9 +146,6 @@ def passes_interrupts(func: F) -> F:
 
 def ray_module() -> Any:
     """Ray, imported only for --engine ray (importing it costs 0.2-0.4 s); refused when missing."""
-    # Ray's C++ core logs retries and warnings on stderr, from the moment it is imported;
-    # pcopy's stderr is one line per problem. An explicit RAY_BACKEND_LOG_LEVEL still wins.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         return importlib.import_module("ray")
     except ImportError:
