@@ -314,20 +314,15 @@ class RayPool:
                 self.suspect_nodes.discard(candidate)  # only its actor died
             node_id = candidate
             break
+        else:
+            if self.slots:  # never fall back to a node the probe did not approve
+                raise EngineError("no Ray node that passed pcopy's probe is alive any more")
         self.started += 1
         options: dict[str, Any] = {}
         if node_id is not None:
             options["scheduling_strategy"] = on_node(node_id)
         handle = self.actor_class.options(**options).remote(self.initializer, self.initargs)
         return _Actor(handle, node_id)
-
-    @property
-    def pids(self) -> list[int]:
-        """The workers' process ids (waits until every actor has started): for tests."""
-        for worker in self.workers:
-            if worker.info is None:
-                worker.info = self.ray.get(worker.info_ref)
-        return [w.info[0] for w in self.workers if w.info is not None]
 
     # -- calls ----------------------------------------------------------------------------------
     @passes_interrupts
@@ -424,8 +419,8 @@ class RayPool:
         if worker.info is None:
             self.start_failures += 1
             if self.start_failures > self.max_start_failures:
-                raise EngineError(errno.EIO, "Ray workers keep dying before they start "
-                                  f"({self.start_failures} so far): see the Ray logs of the nodes")
+                raise EngineError(f"Ray workers keep dying before they start ({self.start_failures} "
+                                  "so far): see the Ray logs of the nodes")
         self.on_lost(calls, culprit)
 
     # -- stopping -------------------------------------------------------------------------------

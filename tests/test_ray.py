@@ -351,3 +351,55 @@ def test_local_engine_never_imports_ray(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "dst")],
                          capture_output=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr.decode()
+
+
+# -- the pool's contract, directly ----------------------------------------------------------------
+def poll_until(pool: raypool.RayPool, done: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        pool.poll(0.05)
+
+
+def test_a_dead_actor_names_its_running_call_and_a_new_one_takes_the_rest(cluster: RayCluster) -> None:
+    lost: list[tuple[list[Any], Any]] = []
+    pool = raypool.RayPool(1, on_lost=lambda calls, culprit: lost.append((calls, culprit)))
+    try:
+        answers: list[Any] = []
+        pool.apply_async(os.getpid, (), callback=answers.append)
+        poll_until(pool, lambda: answers)
+        pid = answers.pop()
+        running = pool.apply_async(time.sleep, (30,), callback=answers.append)
+        queued = pool.apply_async(os.getpid, (), callback=answers.append)
+        pool.apply_async(os.getpid, (), callback=answers.append)  # (waits in the pool's backlog)
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        poll_until(pool, lambda: lost)
+        assert lost == [([running, queued], running)]
+        pool.resubmit(queued)  # as the executor does with calls only caught up in a death
+        poll_until(pool, lambda: len(answers) == 2)
+        assert pid not in answers and len(set(answers)) == 1  # both ran on the new actor
+        assert pool.terminate() == []  # (waiting, in the backlog at the death, was answered too)
+    finally:
+        if not pool.closed:
+            pool.terminate()
+
+
+def test_actors_that_never_start_stop_the_copy_with_an_error(cluster: RayCluster) -> None:
+    lost: list[tuple[list[Any], Any]] = []
+
+    def resend(calls: list[Any], culprit: Any) -> None:
+        lost.append((calls, culprit))
+        for call in calls:
+            pool.resubmit(call)
+
+    # Every actor dies in its constructor: no call is to blame, and pcopy gives up after 2 x -j.
+    pool = raypool.RayPool(1, initializer=os._exit, initargs=(3,), on_lost=resend)
+    try:
+        call = pool.apply_async(os.getpid, ())
+        with pytest.raises(raypool.EngineError, match="keep dying before they start"):
+            poll_until(pool, lambda: False, seconds=60)
+        assert lost and all(culprit is None for _, culprit in lost)
+        assert all(calls == [call] for calls, _ in lost)
+    finally:
+        pool.terminate()
