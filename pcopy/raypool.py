@@ -165,6 +165,7 @@ class ProgressChannel:
         self.ray_queue = ray_queue
         self.items: deque[Any] = deque()
         self.fetched = 0.0
+        self.size_ref: Any = None  # a qsize() asked and not yet answered
 
     def __getstate__(self) -> dict[str, Any]:
         return {"ray_queue": self.ray_queue}
@@ -178,17 +179,28 @@ class ProgressChannel:
     @passes_interrupts
     def get_nowait(self) -> Any:
         if not self.items:
-            now = time.monotonic()
-            if now - self.fetched < PROGRESS_FETCH_S:
-                raise queue.Empty
-            self.fetched = now
-            ray = ray_module()
-            waiting = ray.get(self.ray_queue.actor.qsize.remote())
-            if waiting:
-                self.items.extend(ray.get(self.ray_queue.actor.get_nowait_batch.remote(waiting)))
+            self._fetch()
         if not self.items:
             raise queue.Empty
         return self.items.popleft()
+
+    def _fetch(self) -> None:
+        """Ask how much is queued, and take it once the answer is in: never waits for the
+        queue's actor (it may still be starting), only for the taking (~1 ms)."""
+        ray = ray_module()
+        if self.size_ref is None:
+            now = time.monotonic()
+            if now - self.fetched >= PROGRESS_FETCH_S:
+                self.fetched = now
+                self.size_ref = self.ray_queue.actor.qsize.remote()
+            return
+        ready, _ = ray.wait([self.size_ref], timeout=0)
+        if not ready:
+            return
+        waiting = ray.get(self.size_ref)
+        self.size_ref = None
+        if waiting:
+            self.items.extend(ray.get(self.ray_queue.actor.get_nowait_batch.remote(waiting)))
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
