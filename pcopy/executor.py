@@ -173,7 +173,7 @@ class Executor:
 
             with deferred():  # (actors start asynchronously: this takes milliseconds)
                 ray_pool = RayPool(self.config.jobs, initializer=init_worker, on_lost=self._lost,
-                                   progress=self.want_progress)
+                                   progress=self.want_progress, on_progress=self.on_progress)
             self.progress_queue = ray_pool.progress_queue
             self.pool = cast(WorkerPool, ray_pool)  # the executor uses raypool.EnginePool's calls only
             return

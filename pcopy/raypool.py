@@ -67,6 +67,10 @@ KILL_GRACE_S = 0.5
 # look is two round trips (~1 ms each), and the executor drains after every job it submits.
 PROGRESS_FETCH_S = 0.1
 
+# At the end of a copy, how long the driver waits for the progress queue's last items (seconds):
+# the bar then ends on the true file count; a slow queue costs only that.
+PROGRESS_FINAL_S = 0.5
+
 # Actors that die before they ever answered (a node that cannot start them, pcopy missing there)
 # are replaced; after this many such deaths per worker the copy stops with an error instead of
 # replacing them for ever.
@@ -202,6 +206,18 @@ class ProgressChannel:
         if waiting:
             self.items.extend(ray.get(self.ray_queue.actor.get_nowait_batch.remote(waiting)))
 
+    def take_all(self) -> list[Any]:
+        """Everything still queued (the workers are done): what the last drain missed."""
+        ray = ray_module()
+        items = list(self.items)
+        self.items.clear()
+        with contextlib.suppress(Exception):
+            waiting = ray.get(self.ray_queue.actor.qsize.remote(), timeout=PROGRESS_FINAL_S)
+            if waiting:
+                items += ray.get(self.ray_queue.actor.get_nowait_batch.remote(waiting),
+                                 timeout=PROGRESS_FINAL_S)
+        return items
+
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):
             ray_module().kill(self.ray_queue.actor)
@@ -286,8 +302,12 @@ class RayPool:
     def __init__(self, processes: int, initializer: Callable[..., None] | None = None,
                  initargs: tuple[Any, ...] = (),
                  on_lost: Callable[[list[Call], Call | None], None] = lambda calls, culprit: None,
-                 progress: bool = False) -> None:
+                 progress: bool = False,
+                 on_progress: Callable[[int, int, int], None] | None = None) -> None:
+        """progress: carry workers' progress on a Ray queue (self.progress_queue, passed to the
+        initializer as its last argument); on_progress gets, at close(), what is still on it."""
         self.ray = ray_module()
+        self.on_progress = on_progress
         self.progress_queue: ProgressChannel | None = progress_channel() if progress else None
         if self.progress_queue is not None:
             initargs = (*initargs, self.progress_queue)
@@ -437,13 +457,17 @@ class RayPool:
 
     # -- stopping -------------------------------------------------------------------------------
     def close(self) -> None:
-        """All calls answered: the actors are idle and hold nothing; ray.kill them."""
+        """All calls answered: the actors are idle and hold nothing; ray.kill them. What they
+        said last on the progress queue goes to on_progress."""
         self.closed = True
         for worker in self.workers:
             with contextlib.suppress(Exception):
                 self.ray.kill(worker.handle, no_restart=True)
         self.workers = []
         if self.progress_queue is not None:
+            items = self.progress_queue.take_all()
+            if items and self.on_progress is not None:
+                self.on_progress(*(sum(column) for column in zip(*items, strict=True)))
             self.progress_queue.shutdown()
 
     def terminate(self) -> list[Call]:
