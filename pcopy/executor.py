@@ -95,7 +95,7 @@ def _ignore_sigint() -> None:
 
 class Executor:
     def __init__(self, config: Config, want_progress: bool, on_result: Callable[[JobResult], None],
-                 on_progress: Callable[[int, int, int], None],
+                 on_progress: Callable[[int, int, int, int], None],
                  on_abandoned: Callable[[list[Job]], None] = lambda jobs: None) -> None:
         """on_abandoned(jobs) is called once the workers that ran jobs are gone for good without
         finishing them (killed, or terminated), so their leftovers can be cleaned up."""
@@ -105,7 +105,7 @@ class Executor:
         self.on_result = on_result
         self.on_progress = on_progress
         self.results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
-        self.inline_progress: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
+        self.inline_progress: queue.SimpleQueue[tuple[int, int, int, int]] = queue.SimpleQueue()
         self.progress_queue: Any = None
         self.ctx: Any = None
         self.pool: Any = None
@@ -199,17 +199,18 @@ class Executor:
         source = self.progress_queue if self.pool is not None else self.inline_progress
         if source is None:
             return
-        nbytes = files = found = 0
+        nbytes = files = found = sized = 0
         try:
             while True:
-                b, f, t = source.get_nowait()
+                b, f, t, s = source.get_nowait()
                 nbytes += b
                 files += f
                 found += t
+                sized += s
         except (queue.Empty, EOFError, OSError):
             pass
-        if nbytes or files or found:
-            self.on_progress(nbytes, files, found)
+        if nbytes or files or found or sized:
+            self.on_progress(nbytes, files, found, sized)
 
     def _check_workers(self) -> None:
         """A worker that died took its job with it: replace the pool, send lost jobs again."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from pcopy.config import Compare, Config, Method
@@ -98,9 +98,11 @@ def entry_task(entry: Entry, dst: str, check_dst: bool) -> EntryTask:
 class Planner:
     """Feeds on non-directory entries and hands back jobs as soon as they are full."""
 
-    def __init__(self, config: Config, options: CopyOptions) -> None:
+    def __init__(self, config: Config, options: CopyOptions,
+                 on_link: Callable[[int], None] | None = None) -> None:
         self.config = config
         self.options = options
+        self.on_link = on_link  # called with the size of each later name that becomes a HardLink
         # Files larger than this are split into byte ranges; no chunk size: none is.
         self.split_bytes = config.chunk_bytes if config.chunk_bytes is not None else sys.maxsize
         self._ids = itertools.count()
@@ -129,6 +131,8 @@ class Planner:
             first = self._first_names.get(key)
             if first is not None:
                 self.links.append(HardLink(task.src, task.dst, first))
+                if self.on_link is not None:
+                    self.on_link(task.size)
                 return []
             self._first_names[key] = task.dst
         if task.kind is Kind.FILE and task.size > self.split_bytes:

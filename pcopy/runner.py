@@ -138,7 +138,8 @@ class CopyRun:
         self.preserve_group = self.preserve_owner if config.preserve_group is None else config.preserve_group
         self.options: CopyOptions = options_for(config, self.preserve_owner, self.preserve_group)
         self.report.dry_run = config.dry_run
-        self.planner = Planner(config, self.options)
+        # A later name of a hard-linked inode: its bytes were found with each name, copied once.
+        self.planner = Planner(config, self.options, on_link=lambda nbytes: progress.add_found(0, -nbytes))
         self.splits: dict[int, _SplitState] = {}
         self.range_owner: dict[int, int] = {}  # job_id of a RangeJob -> its split file's id
         self.dirs: list[tuple[str, Entry]] = []  # (dst, entry) in walk order, for the end
@@ -157,14 +158,15 @@ class CopyRun:
         ok = False
         try:
             feed()
+            self.progress.walk_done()
             self.settle()
+            self.make_links()  # before the bar closes: its last frame counts the links
             ok = True
         finally:
             self.executor.close(terminate=not ok)
             if not ok:
                 self.remove_split_temps()
             self.progress.close()
-        self.make_links()
         if self.mirror_target is not None:
             # Before directory metadata: removing entries changes their directories' mtimes.
             mirror(self.mirror_target, self.config, self.report)
@@ -190,9 +192,9 @@ class CopyRun:
         while self.followups:
             self.submit_all(self.planner.add_task(self.followups.popleft()))
 
-    def on_progress(self, nbytes: int, files: int, found: int) -> None:
-        if found:
-            self.progress.add_total(found)
+    def on_progress(self, nbytes: int, files: int, found: int, sized: int) -> None:
+        if found or sized:  # sizes of names the walk handed to workers (add_names)
+            self.progress.add_sizes(sized, found)
         self.progress.advance(nbytes, files)
 
     def copy_single(self, target: Target) -> None:
@@ -214,6 +216,7 @@ class CopyRun:
                               excluded=filters.excluded if filters else None):
             if isinstance(item, Names):
                 if item.rel_dir not in self.blocked_dirs:
+                    self.progress.add_names(len(item.names))  # the worker reports their sizes
                     check_dst = item.rel_dir not in self.fresh_dirs
                     self.executor.submit(self.planner.dir_job(item, dst_path(root, item.rel_dir), check_dst))
             elif os.path.dirname(item.rel) in self.blocked_dirs:
@@ -223,8 +226,7 @@ class CopyRun:
             self.drain_followups()
 
     def plan(self, entry: Entry, dst: str, check_dst: bool) -> None:
-        if entry.kind is Kind.FILE:
-            self.progress.add_total(entry.size)
+        self.progress.add_found(1, entry.size if entry.kind is Kind.FILE else 0)
         self.submit_all(self.planner.add(entry, dst, check_dst))
 
     def submit_all(self, jobs: list[BatchJob | SplitFile]) -> None:
@@ -326,6 +328,7 @@ class CopyRun:
                 self.report.skipped += 1
                 self.report.skipped_bytes += task.size
                 self.progress.advance(task.size, 1)
+                self.progress.add_skipped(1, task.size)
                 return
             if self.config.dry_run:  # counted as one file, as a real run reports it
                 self.count_file(task.dst, task.size, found == DST_DIFFERS)
@@ -439,6 +442,8 @@ class CopyRun:
             self.report.skipped += result.skipped
             self.report.skipped_bytes += result.skipped_bytes
             self.report.failures.extend(result.failures)
+            if result.skipped:
+                self.progress.add_skipped(result.skipped, result.skipped_bytes)
             return
         state = self.splits[file_id]
         self.report.bytes += result.bytes
@@ -450,11 +455,14 @@ class CopyRun:
     # -- hard links -----------------------------------------------------------------------------
     def make_links(self) -> None:
         """Later names of a hard-linked inode, made once all data is in place."""
+        skipped = self.report.skipped
         for link in self.planner.links:
             try:
                 self.make_link(link)
             except OSError as exc:
                 self.report.failures.append(CopyFailure.of(link.src, exc))
+        self.progress.advance(0, len(self.planner.links))  # processed, as workers count files
+        self.progress.add_skipped(self.report.skipped - skipped, 0)
 
     def make_link(self, link: HardLink) -> None:
         dry_run = self.config.dry_run

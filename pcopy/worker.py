@@ -112,19 +112,23 @@ def _exit_with_parent(parent: int) -> None:
 
 
 class _Progress:
-    """Batches byte counts before they go on the queue: one put per PROGRESS_BYTES or interval."""
+    """Batches byte counts before they go on the queue: one put per PROGRESS_BYTES or interval.
+    A message is (bytes done, files done, bytes found, names sized): the last two are a DirJob's
+    stat results, so the display knows its total is final once every walked name is sized."""
 
-    __slots__ = ("found_bytes", "last", "pending_bytes", "pending_files", "queue")
+    __slots__ = ("found_bytes", "last", "pending_bytes", "pending_files", "queue", "sized_names")
 
     def __init__(self, queue: ProgressQueue) -> None:
         self.queue = queue
         self.pending_bytes = 0
         self.pending_files = 0
         self.found_bytes = 0  # sizes the worker stat'ed: the display's total grows by these
+        self.sized_names = 0  # names of a DirJob stat'ed (or failed to), whatever became of them
         self.last = time.monotonic()
 
-    def add_found(self, n: int) -> None:
+    def add_found(self, n: int, names: int) -> None:
         self.found_bytes += n
+        self.sized_names += names
 
     def add_bytes(self, n: int) -> None:
         self.pending_bytes += n
@@ -137,9 +141,9 @@ class _Progress:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending_bytes or self.pending_files or self.found_bytes:
-            self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes))
-            self.pending_bytes = self.pending_files = self.found_bytes = 0
+        if self.pending_bytes or self.pending_files or self.found_bytes or self.sized_names:
+            self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes, self.sized_names))
+            self.pending_bytes = self.pending_files = self.found_bytes = self.sized_names = 0
         self.last = time.monotonic()
 
 
@@ -272,7 +276,7 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
             todo.append((name, st, task))
             total += task.size
     if progress is not None:
-        progress.add_found(total + sum(t.size for t in result.handed_back))
+        progress.add_found(total + sum(t.size for t in result.handed_back), len(job.names))
     spent = 0
     for name, st, task in todo:
         size = task.size if task is not None else st.st_size
