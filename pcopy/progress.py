@@ -101,8 +101,9 @@ class NullProgress:
 
 
 class Snapshot(NamedTuple):
-    """The counts at one instant. `final`: the walk is over and every name has its size, so
-    files_found and bytes_found are the totals. The done counts include skipped files."""
+    """The counts at one instant. `walked`: the walk is over, so files_found is the total;
+    `final`: also every name has its size, so bytes_found is the total too. The done counts
+    include skipped files."""
 
     files_found: int
     bytes_found: int
@@ -111,6 +112,7 @@ class Snapshot(NamedTuple):
     skipped: int
     skipped_bytes: int
     final: bool
+    walked: bool = False
 
     @property
     def complete(self) -> bool:
@@ -167,7 +169,8 @@ class Tally:
         with self._lock:
             # unsized can go below zero when a killed worker's names are stat'ed again.
             return Snapshot(self.files_found, self.bytes_found, self.files_done, self.bytes_done,
-                            self.skipped, self.skipped_bytes, self.walk_finished and self.unsized <= 0)
+                            self.skipped, self.skipped_bytes, self.walk_finished and self.unsized <= 0,
+                            self.walk_finished)
 
 
 class Frame(NamedTuple):
@@ -272,8 +275,11 @@ class Display:
         skipped = f" | {format_count(snap.skipped)} skipped" if snap.skipped else ""
         if not snap.final:
             # Still counting: what is known so far, and nothing that pretends to know the end.
+            # Once the walk is over the file count is final (workers may still be stat'ing names
+            # for their sizes), so files done are shown against it.
+            of_files = f"/{format_count(snap.files_found)}" if snap.walked else ""
             return Frame(f"pcopy: counting {format_count(snap.files_found)} files {format_bytes(snap.bytes_found)}"
-                         f" | done {format_count(files_done)} files {format_bytes(bytes_done)}"
+                         f" | done {format_count(files_done)}{of_files} files {format_bytes(bytes_done)}"
                          f" | {format_bytes(copy_rate)}/s", None, "", skipped)
         percent = self.percent(snap)
         left = f"pcopy: {percent:3d}%"
