@@ -299,23 +299,12 @@ class TqdmProgress:
     active = True
 
     def __init__(self, stream: Any = None, refresh_s: float = REFRESH_S) -> None:
-        from tqdm import tqdm  # type: ignore[import-untyped]  # imported only when a bar is shown: keeps start-up fast
-
         self.tally = Tally()
         self._display = Display(time.monotonic())
-        # total=100 and n=percent: the bar is filled from the Display's percentage, never from
-        # tqdm's own arithmetic (which rounds 99.6 % up to 100 %). tqdm draws nothing by itself:
-        # update() is never called, and only _draw (display thread, then close) refreshes it.
         self._stream = stream or sys.stderr
-        ncols = _columns(self._stream)
-        # nrows: tqdm hides bars below the screen's last row and takes an unsized terminal's 0
-        # rows for -1, drawing nothing at all; this one bar is always on the first row.
-        first = self._display.frame(self.tally.snapshot(), time.monotonic())
-        self._bar = tqdm(total=100, file=self._stream, ncols=ncols, nrows=2, leave=True,
-                         bar_format=self._bar_format(first, ncols))
+        self._bar: Any = None  # made by the display thread
         self._stop = threading.Event()
         self._refresh_s = refresh_s
-        self._failed = False
         self._thread = threading.Thread(target=self._loop, name="pcopy-progress", daemon=True)
         self._thread.start()
 
@@ -344,18 +333,37 @@ class TqdmProgress:
             return
         self._stop.set()
         self._thread.join()
+        if self._bar is None:
+            return  # tqdm could not be imported or the stream was unusable from the start
         self._draw(closing=True, redraw=False)
         with contextlib.suppress(OSError, ValueError):  # stderr closed or full: the copy goes on
             self._bar.close()  # draws the last frame once more and ends the line (leave=True)
 
     # The display thread's side.
     def _loop(self) -> None:
-        while not self._stop.wait(self._refresh_s):
-            self._draw()
+        """Import tqdm and make the bar here, not in __init__: the import (20-50 ms) then
+        overlaps the walk and the copy instead of delaying their start."""
+        try:
+            from tqdm import tqdm  # type: ignore[import-untyped]  # only when a bar is shown
 
-    def _draw(self, closing: bool = False, redraw: bool = True) -> None:
-        if self._failed:
+            # total=100 and n=percent: the bar is filled from the Display's percentage, never
+            # from tqdm's arithmetic (which rounds 99.6 % up to 100 %). tqdm draws nothing by
+            # itself: update() is never called; only _draw (this thread, then close) refreshes.
+            # nrows: tqdm hides bars below the screen's last row and takes an unsized
+            # terminal's 0 rows for -1, drawing nothing at all; this bar is on the first row.
+            ncols = _columns(self._stream)
+            first = self._display.frame(self.tally.snapshot(), time.monotonic())
+            self._bar = tqdm(total=100, file=self._stream, ncols=ncols, nrows=2, leave=True,
+                             bar_format=self._bar_format(first, ncols))
+        except (ImportError, OSError, ValueError):
             return
+        while not self._stop.wait(self._refresh_s):
+            if not self._draw():
+                return
+
+    def _draw(self, closing: bool = False, redraw: bool = True) -> bool:
+        """Draw the current frame; False when the stream went away (closed pipe, full disk):
+        the display stops, the copy goes on."""
         frame = self._display.frame(self.tally.snapshot(), time.monotonic(), closing)
         bar = self._bar
         try:
@@ -365,7 +373,8 @@ class TqdmProgress:
             if redraw:
                 bar.refresh()
         except (OSError, ValueError):
-            self._failed = True  # stderr went away (closed pipe, full disk): stop drawing
+            return False
+        return True
 
     @staticmethod
     def _bar_format(frame: Frame, ncols: int) -> str:
