@@ -341,7 +341,7 @@ class TqdmProgress:
 
     # The display thread's side.
     def _loop(self) -> None:
-        """Import tqdm and make the bar here, not in __init__: the import (20-50 ms) then
+        """Import tqdm and make the bar here, not in __init__: the import (tens of ms) then
         overlaps the walk and the copy instead of delaying their start."""
         try:
             from tqdm import tqdm  # type: ignore[import-untyped]  # only when a bar is shown
@@ -404,17 +404,16 @@ def _columns(stream: Any) -> int:
 
 class CallbackProgress:
     """Progress for library callers: callback(bytes_done, bytes_total, files_done), from the
-    calling thread, after each batch of worker reports. bytes_total grows while the tree is being
-    read; a hard-linked inode's bytes count once, and up-to-date files count as done, so at the
-    end of a copy without failures bytes_done equals bytes_total. The last call comes from
-    close(), with the final figures. Totals and the walk's state are in self.tally."""
+    calling thread, after each batch of worker reports (as before the display was reworked).
+    bytes_total grows while the tree is being read; a hard-linked inode's bytes count once and
+    up-to-date files count as done, so after a copy without failures the last call has
+    bytes_done == bytes_total. The file total and the walk's state are in self.tally."""
 
     active = True
 
     def __init__(self, callback: Any) -> None:
         self._callback = callback
         self.tally = Tally()
-        self._last: tuple[int, int, int] | None = None
 
     def add_found(self, files: int, nbytes: int) -> None:
         self.tally.add_found(files, nbytes)
@@ -427,7 +426,8 @@ class CallbackProgress:
 
     def advance(self, nbytes: int, files: int) -> None:
         self.tally.advance(nbytes, files)
-        self._call()
+        snap = self.tally.snapshot()
+        self._callback(snap.bytes_done, snap.bytes_found, snap.files_done)
 
     def add_skipped(self, files: int, nbytes: int) -> None:
         self.tally.add_skipped(files, nbytes)
@@ -436,11 +436,4 @@ class CallbackProgress:
         self.tally.walk_done()
 
     def close(self) -> None:
-        self._call()
-
-    def _call(self) -> None:
-        snap = self.tally.snapshot()
-        args = (snap.bytes_done, snap.bytes_found, snap.files_done)
-        if args != self._last:
-            self._last = args
-            self._callback(*args)
+        pass
