@@ -274,13 +274,13 @@ class Display:
             copy_rate = copied / elapsed if elapsed > 0 else 0.0
         skipped = f" | {format_count(snap.skipped)} skipped" if snap.skipped else ""
         if not snap.final:
-            # Still counting: what is known so far, and nothing that pretends to know the end.
-            # Once the walk is over the file count is final (workers may still be stat'ing names
-            # for their sizes), so files done are shown against it.
-            of_files = f"/{format_count(snap.files_found)}" if snap.walked else ""
-            return Frame(f"pcopy: counting {format_count(snap.files_found)} files {format_bytes(snap.bytes_found)}"
-                         f" | done {format_count(files_done)}{of_files} files {format_bytes(bytes_done)}"
-                         f" | {format_bytes(copy_rate)}/s", None, "", skipped)
+            # Still counting: done against what was found so far, a "+" on each total that may
+            # still grow (the file count is final once the walk is over, the bytes once every
+            # name has its size), and nothing that pretends to know the end.
+            files_more = "" if snap.walked else "+"
+            return Frame(f"pcopy: counting | {format_count(files_done)}/{format_count(snap.files_found)}{files_more}"
+                         f" files | {format_pair(bytes_done, snap.bytes_found)}+ | {format_bytes(copy_rate)}/s",
+                         None, "", skipped)
         percent = self.percent(snap)
         left = f"pcopy: {percent:3d}%"
         files = f" {format_count(files_done)}/{format_count(snap.files_found)} files"

@@ -92,16 +92,16 @@ class Frame(NamedTuple):
     text: str
     percent: int | None  # None: still counting
     files_done: int
-    files_total: int | None
+    files_total: int | None  # while counting: found so far
 
 
 def parse_frames(lines: list[str]) -> list[Frame]:
     frames = []
     for line in lines:
         if line.startswith("pcopy: counting"):
-            match = re.search(r"counting ([\d,]+) files .* done ([\d,]+)(/[\d,]+)? files", line)
+            match = re.search(r"^pcopy: counting \| ([\d,]+)/([\d,]+)\+? files \| ", line)
             assert match, line
-            frames.append(Frame(line, None, int(match[2].replace(",", "")), None))
+            frames.append(Frame(line, None, int(match[1].replace(",", "")), int(match[2].replace(",", ""))))
             continue
         percent = PERCENT.match(line)
         if percent is None:
@@ -147,7 +147,7 @@ def test_frames_drawn_in_a_terminal_tell_the_truth(tmp_path: Path) -> None:
     assert frames[: len(counting)] == counting, lines
     for f in counting:
         assert "%" not in f.text and "ETA" not in f.text, f.text
-        assert f.files_done <= names
+        assert f.files_done <= (f.files_total or 0) <= names, f.text
     percents = [f.percent for f in shown]
     assert percents == sorted(percents), lines  # never decreases
     for f in shown:
