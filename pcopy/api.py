@@ -102,4 +102,7 @@ def copy(
         raise RefusedError("--delete needs SRC to be a directory")
     sink: ProgressSink | None
     sink = progress if progress is None or isinstance(progress, ProgressSink) else CallbackProgress(progress)
+    if isinstance(sink, CallbackProgress) and not callable(progress):  # e.g. a sink of an older protocol
+        raise TypeError("progress must be a callable (bytes_done, bytes_total, files_done) "
+                        "or a pcopy.progress.ProgressSink")
     return run_copy(target, config, sink)

@@ -297,3 +297,17 @@ def test_callback_sees_bytes_done_reach_the_total_with_hard_links(tmp_path: Path
                progress=lambda done, tot, files: calls.append((done, tot, files)))
     assert calls[-1] == (total, total, names)
     assert all(done <= tot for done, tot, _ in calls)
+
+
+def test_a_progress_object_that_is_neither_is_refused_before_copying(tmp_path: Path) -> None:
+    class OldSink:  # the protocol before add_found/add_names/...: not a ProgressSink any more
+        active = True
+
+        def add_total(self, nbytes: int) -> None: ...
+        def advance(self, nbytes: int, files: int) -> None: ...
+        def close(self) -> None: ...
+
+    (tmp_path / "f").write_bytes(b"z")
+    with pytest.raises(TypeError, match="progress must be"):
+        pcopy.copy(tmp_path / "f", tmp_path / "g", progress=OldSink())  # type: ignore[arg-type]
+    assert not (tmp_path / "g").exists()
