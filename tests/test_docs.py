@@ -55,7 +55,8 @@ def test_examples_run_as_written(page: Path, tmp_path: Path) -> None:
                 else [sys.executable, "-c", code])
         proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=BLOCK_TIMEOUT_S, check=False)
-        where = f"{page.relative_to(ROOT)}, runnable block {number}:\n{code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        where = (f"{page.relative_to(ROOT)}, runnable block {number}:\n{code}\n"
+                 f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         assert proc.returncode == 0, where
         assert "Traceback (most recent call last)" not in proc.stderr, where
 

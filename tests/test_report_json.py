@@ -208,7 +208,8 @@ def test_json_lines_refusal_is_one_stats_line(run_pcopy: RunPcopy, tmp_path: Pat
     assert event["event"] == "stats" and event["error"]["message"]
 
 
-@pytest.mark.parametrize("args", [["--json"], ["--json-lines"], [], ["-i"]], ids=["json", "lines", "summary", "itemize"])
+@pytest.mark.parametrize("args", [["--json"], ["--json-lines"], [], ["-i"]],
+                         ids=["json", "lines", "summary", "itemize"])
 def test_stdout_that_cannot_be_written_is_one_line_not_a_traceback(src: Path, tmp_path: Path,
                                                                    args: list[str]) -> None:
     with open("/dev/full", "w") as full:
