@@ -37,7 +37,7 @@ EXIT_DELETE_LIMIT = 3  # the same value as pcopy.report.EXIT_DELETE_LIMIT
 app = typer.Typer(add_completion=True, rich_markup_mode=None, pretty_exceptions_enable=False)
 
 # -j beyond this many workers per CPU is not started: more processes only wait on each other
-# (and starting them costs ~7 ms each here: -j 1000 on 3,000 files took 7.8 s, all start-up).
+# (with a pool that started every worker up front, -j 1000 on 3,000 files took 7.8 s here).
 MAX_JOBS_PER_CPU = 4
 
 # click's base error class, wherever this typer keeps click (0.28 vendors it as typer._click).
@@ -59,10 +59,11 @@ class _ArgvCommand(TyperCommand):
     # A usage error is exit 2 like a refusal; with --json/--json-lines it is also reported as
     # the one JSON object a script waits for (click prints the message on stderr as usual).
     def make_context(self, info_name: Any, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        argv = list(args)  # parsing consumes the list it is given
         try:
             return super().make_context(info_name, args, parent, **extra)
         except _ClickError as exc:
-            _json_usage_error(list(args), exc)
+            _json_usage_error(argv, exc)
             raise
 
     def invoke(self, ctx: Any) -> Any:

@@ -152,12 +152,24 @@ def test_read_only_destination_says_erofs(run_pcopy: RunPcopy, src: Path, tmp_pa
         assert run.returncode == 1 and {f["error"] for f in run.json()["failures"]} == {"EROFS"}, run
 
 
-def test_usage_error_with_json_is_one_json_object(run_pcopy: RunPcopy, src: Path, tmp_path: Path) -> None:
-    run = run_pcopy(src, tmp_path / "dst", "--json", "--chunk-size", "lots")
+@pytest.mark.parametrize(("args", "says"), [
+    (["SRC", "DST", "--json", "--chunk-size", "lots"], "--chunk-size"),  # found while running
+    (["SRC", "DST", "--bogus", "--json"], "--bogus"),  # found while parsing
+    (["--json"], "Missing argument"),
+    (["SRC", "--json-lines"], "Missing argument")])
+def test_usage_error_with_json_is_one_json_object(run_pcopy: RunPcopy, src: Path, tmp_path: Path,
+                                                   args: list[str], says: str) -> None:
+    argv = [str(src) if a == "SRC" else str(tmp_path / "dst") if a == "DST" else a for a in args]
+    run = run_pcopy(*argv)
     assert run.returncode == 2, run
-    doc = run.json()
-    validate(doc)
-    assert "--chunk-size" in doc["error"]["message"] and "--chunk-size" in run.stderr
+    [line] = [run.stdout] if "--json" in args else run.stdout.splitlines()
+    doc = json.loads(line)
+    if "--json" in args:
+        validate(doc)
+    else:
+        validate_event(doc)
+    assert says in doc["error"]["message"] and says in run.stderr
+    assert not (tmp_path / "dst").exists()
 
 
 def test_dry_run_report_validates_and_lists_what_a_real_run_does(run_pcopy: RunPcopy, src: Path,
