@@ -130,9 +130,9 @@ def copy_command(
                                        show_default=False)],
     jobs: Annotated[Optional[int], typer.Option(
         "-j", "--jobs", min=1, show_default=False,
-        help="Worker processes (default: CPUs available to pcopy). Never more than 4 per CPU, "
-             "and none when the tree is too small to pay for them (it is copied by pcopy "
-             "itself).")] = None,
+        help="Worker processes (default: CPUs available to pcopy): at most this many, and "
+             "never more than 4 per CPU; a worker starts only when every running one is busy, "
+             "and a tree too small to pay for a pool is copied by pcopy itself.")] = None,
     chunk_size: Annotated[Optional[str], typer.Option(
         "--chunk-size", metavar="SIZE", show_default=False,
         help="Split files larger than this into byte ranges copied by several workers "
