@@ -329,6 +329,16 @@ class _Output:
             self._emit_json(report_document(None, self._run_info(src, dst), error=error, exit_code=EXIT_USAGE))
         return EXIT_USAGE
 
+    def interrupted(self, src: str, dst: str, exit_code: int, message: str) -> int:
+        """An interrupted run (130/143): with --json/--json-lines one JSON object saying so (its
+        counts are not known: the copy stopped before its report was made)."""
+        if self.json_report or self.json_lines:
+            from pcopy.report import report_document
+
+            self._emit_json(report_document(None, self._run_info(src, dst), error=message,
+                                            exit_code=exit_code))
+        return exit_code
+
     def show(self, report: "CopyReport", target: "Target", src: str | None = None,
              dst: str | None = None) -> int:
         """Print the report; returns the exit code (1 when the report or the log cannot be
@@ -391,8 +401,9 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) ->
         return output.refused(src, dst, exc)
     except CopyInterruptedError as exc:
         name = "SIGINT" if exc.exit_code == 130 else "SIGTERM"
-        _err(f"pcopy: interrupted by {name}; temporary files removed, files under final names are complete")
-        return exc.exit_code
+        message = f"interrupted by {name}; temporary files removed, files under final names are complete"
+        _err(f"pcopy: {message}")
+        return output.interrupted(src, dst, exc.exit_code, message)
     except OSError as exc:
         _err(f"pcopy: {exc.strerror or exc}: {exc.filename!r}" if exc.filename else f"pcopy: {exc}")
         return EXIT_FAILURES

@@ -250,3 +250,25 @@ def test_copy_failure_step_is_plain_data_with_a_default() -> None:
     tagged = OSError(13, "Permission denied")
     tagged.pcopy_step = "rename"  # type: ignore[attr-defined]  # set where it was raised
     assert CopyFailure.of("/x", tagged, "copy").step == "rename"
+
+
+def test_an_interrupted_run_prints_one_object_saying_so(tmp_path: Path) -> None:
+    """SIGINT mid-copy with --json: exit 130 and one valid object whose error says interrupted."""
+    import signal
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(1 << 20) * 96)
+    proc = subprocess.Popen([sys.executable, "-m", "pcopy", str(src), str(tmp_path / "dst"), "--json",
+                             "--buffer-size", "1024", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not any(".pcopy-" in n for _, _, f in os.walk(tmp_path / "dst") for n in f):
+        assert time.monotonic() < deadline and proc.poll() is None, "the copy never got going"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    doc = json.loads(out)
+    validate(doc)
+    assert doc["exit_code"] == 130 and "interrupted by SIGINT" in doc["error"]["message"]
