@@ -32,7 +32,7 @@ import stat
 from dataclasses import dataclass, field
 
 from pcopy.filters import FilterSet
-from pcopy.jobs import CopyFailure
+from pcopy.jobs import STEP_DELETE, CopyFailure
 from pcopy.metadata import is_temp_name
 
 __all__ = ["DeleteResult", "delete_extraneous"]
@@ -182,7 +182,8 @@ def _remove(parent: _Handle, name: str, is_dir: bool) -> None:
 
 
 def _failure(path: str, error: OSError, what: str) -> CopyFailure:
-    return CopyFailure(path=path, errno=error.errno, message=f"{what}: {error.strerror or error}")
+    return CopyFailure(path=path, errno=error.errno, message=f"{what}: {error.strerror or error}",
+                       step=STEP_DELETE)
 
 
 # ---------------------------------------------------------------- pass 1: scan
@@ -323,7 +324,7 @@ def _execute(
     blocked: set[str] = set()  # directories to keep: something inside was not removed
     try:
         if ident != idents.get(""):
-            result.failures.append(CopyFailure(dst_root, None, "DST root was replaced during the run"))
+            result.failures.append(CopyFailure(dst_root, None, "DST root was replaced during the run", STEP_DELETE))
             return
         for rel, is_dir in plan:
             head, name = os.path.split(rel)
@@ -385,7 +386,8 @@ def _enter(
         if ident != idents.get(rel):
             _close(handle)
             broken.add(here)
-            failures.append(CopyFailure(path, None, "not entered: DST directory was replaced during the run"))
+            failures.append(CopyFailure(path, None, "not entered: DST directory was replaced during the run",
+                                        STEP_DELETE))
             return None
         stack.append((here, handle))
     return stack[-1][1]
