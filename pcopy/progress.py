@@ -353,8 +353,8 @@ class TqdmProgress:
             # terminal's 0 rows for -1, drawing nothing at all; this bar is on the first row.
             ncols = _columns(self._stream)
             first = self._display.frame(self.tally.snapshot(), time.monotonic())
-            self._bar = tqdm(total=100, file=self._stream, ncols=ncols, nrows=2, leave=True,
-                             bar_format=self._bar_format(first, ncols))
+            self._bar = tqdm(total=100, initial=first.percent or 0, file=self._stream, ncols=ncols, nrows=2,
+                             leave=True, bar_format=self._bar_format(first, ncols))
         except (ImportError, OSError, ValueError):
             return
         while not self._stop.wait(self._refresh_s):

@@ -112,6 +112,15 @@ def parse_frames(lines: list[str]) -> list[Frame]:
     return frames
 
 
+def assert_bar_matches(frame: Frame) -> None:
+    """The bar, where drawn, is filled to the percentage shown (one cell of rounding)."""
+    bar = re.search(r"%\|([^|]*)\|", frame.text)
+    if bar and frame.percent is not None:
+        cells = bar[1]
+        filled = cells.count("\u2588") + (0 if cells.rstrip(" \u2588") == "" else 1)
+        assert abs(filled - frame.percent * len(cells) / 100) <= 1, frame.text
+
+
 def make_tree(root: Path) -> tuple[int, int]:
     """1,200 small files in 12 directories, 4 files of 6 MiB, a file with three names, a symlink;
     returns (names, distinct bytes)."""
@@ -153,6 +162,7 @@ def test_frames_drawn_in_a_terminal_tell_the_truth(tmp_path: Path) -> None:
     for f in shown:
         assert f.files_total == names, f.text  # the total is final once a percentage shows
         assert f.files_done <= names, f.text
+        assert_bar_matches(f)
         if f.percent == 100:
             assert f.files_done == names, f.text  # no 100 % before every file is done
         elif f is not shown[-1]:
@@ -167,5 +177,8 @@ def test_frames_drawn_in_a_terminal_tell_the_truth(tmp_path: Path) -> None:
     # A re-run finds everything up to date and says so.
     code, lines = run_in_pty(str(tmp_path / "src"), str(tmp_path / "dst"), "-j", "2")
     assert code == 0
-    last = parse_frames(lines)[-1]
+    frames = parse_frames(lines)
+    for f in frames:
+        assert_bar_matches(f)
+    last = frames[-1]
     assert last.percent == 100 and f"up to date: {names:,} files skipped" in last.text, lines
