@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 import pcopy
+import pcopy.progress
 from pcopy.progress import (
     CallbackProgress,
     Display,
@@ -190,6 +192,27 @@ def test_the_thread_redraws_while_the_main_thread_is_busy() -> None:
     assert all("counting" in f for f in frames[:-2])
     assert "100%" in frames[-1] and "2/2 files" in frames[-1] and "2.0/2.0 KiB" in frames[-1]
     assert out.getvalue().endswith("\n")
+
+
+def test_a_bar_made_after_the_copy_ended_is_drawn_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The display thread may make the tqdm bar only after a quick copy is over: its first
+    frame then says 100 %, and its bar must say so too."""
+    gate = threading.Event()
+
+    def late_columns(stream: Any) -> int:
+        gate.wait(5)  # the thread stops here, before its first frame, until the copy is over
+        return 100
+
+    monkeypatch.setattr(pcopy.progress, "_columns", late_columns)
+    out = io.StringIO()
+    bar = TqdmProgress(stream=out, refresh_s=10)
+    bar.add_found(2, 2048)
+    bar.walk_done()
+    bar.advance(2048, 2)
+    gate.set()
+    bar.close()
+    frames = frames_of(out.getvalue())
+    assert frames and all(re.match(r"pcopy: 100%\|#+\|", f) for f in frames), frames
 
 
 def test_close_twice_draws_once() -> None:
