@@ -107,7 +107,9 @@ class Executor:
         self.on_progress = on_progress
         # Results are delivered by pool.poll (in this thread) and handled in wait, one by one.
         self.results: deque[JobResult] = deque()
-        self.inline_progress: queue.SimpleQueue[tuple[int, int, int, int]] = queue.SimpleQueue()
+        # Jobs run inline (-j 1, small trees) report straight to on_progress as they go (a
+        # large file shows its bytes moving, not 0 % until it ends).
+        self.inline_progress = _DirectProgress(on_progress)
         self.progress_queue: Any = None
         self.ctx: Any = None
         self.pool: WorkerPool | None = None
@@ -203,8 +205,8 @@ class Executor:
             block = False
 
     def _drain_progress(self) -> None:
-        source = self.progress_queue if self.pool is not None else self.inline_progress
-        if source is None:
+        source = self.progress_queue
+        if source is None or self.pool is None:
             return
         nbytes = files = found = sized = 0
         try:
@@ -280,6 +282,13 @@ class Executor:
             manager, self.manager = self.manager, None
             self.progress_queue = None
             _stop_manager(manager)
+
+
+class _DirectProgress:
+    """The progress channel of jobs run in the parent: a put is a call."""
+
+    def __init__(self, on_progress: Callable[[int, int, int, int], None]) -> None:
+        self.put = lambda item: on_progress(*item)
 
 
 def _stop_manager(manager: Any) -> None:

@@ -184,7 +184,11 @@ class CopyRun:
                 os.makedirs(parent, exist_ok=True)
             except OSError as exc:
                 raise dst_refused(target.dst, exc) from exc
-        self.plan(entry, target.dst, check_dst=True)
+        self.progress.add_found(1, entry.size if entry.kind is Kind.FILE else 0)
+        # The walk of one file is over before its copy starts (with -j 1 it is copied right here,
+        # so the bar would count until the end).
+        self.progress.walk_done()
+        self.submit_all(self.planner.add(entry, target.dst, check_dst=True))
 
     def copy_tree(self, target: Target) -> None:
         root = target.dst
