@@ -337,7 +337,8 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) ->
         return EXIT_USAGE
     except CopyInterruptedError as exc:
         name = "SIGINT" if exc.exit_code == 130 else "SIGTERM"
-        _err(f"pcopy: interrupted by {name}; temporary files removed, files under final names are complete")
+        kept = "; partial files kept for the next --partial run" if config.partial else ""
+        _err(f"pcopy: interrupted by {name}; temporary files removed, files under final names are complete{kept}")
         return exc.exit_code
     except OSError as exc:
         _err(f"pcopy: {exc.strerror or exc}: {exc.filename!r}" if exc.filename else f"pcopy: {exc}")

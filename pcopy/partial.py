@@ -8,10 +8,12 @@ clean-up keeps partial files (metadata.remove_leftovers' keep_partial). The next
 the one the partial data came from:
 
 - the source identity: when a partial file is started, its atime is set to a stamp made from
-  the source's size and mtime (stamp_for). Writing never changes a file's atime, so the stamp
-  survives however the run ends; a source whose size or mtime differs now has another stamp.
-  (A program that reads the partial file in between may move its atime: the check then fails
-  and the copy starts over, which is safe.)
+  the source's size and mtime (stamp_for). Writing never changes a file's atime, and the stamp
+  lies in the future (after 2106), so relatime, the Linux default, does not move it when
+  something reads the file either (it updates an atime only when it is older than the mtime
+  or a day old). A source whose size or mtime differs now has another stamp. Where the stamp
+  cannot be kept (strictatime mounts after a read, file systems whose times end in 2038), the
+  check fails and the copy starts over: never wrong, only slower.
 - its content: the digest of the last written block (up to CHECK_BYTES) must equal the digest
   of the same bytes of the source, which also catches a tail a crash left unwritten or zeroed.
 
@@ -36,9 +38,11 @@ from pcopy.metadata import O_BINARY, O_CLOEXEC, O_NOFOLLOW, partial_path, temp_m
 MIN_BYTES = 4 * 1024 * 1024
 # The tail compared before resuming: 1 MiB of source and partial read and hashed (~1 ms).
 CHECK_BYTES = 1024 * 1024
-# Stamps are whole seconds below 2**31 (1970-2038): every file system stores those exactly,
-# whatever its time precision, so 31 bits of the (size, mtime) digest survive the round trip.
-_STAMP_RANGE_S = 1 << 31
+# Stamps are whole seconds (every time precision stores them exactly) from 2**32 s (2106, in
+# the future, see above) on, 30 bits of the (size, mtime) digest: up to 2140, within what ext4,
+# XFS (bigtime), btrfs and tmpfs store.
+_STAMP_BASE_S = 1 << 32
+_STAMP_RANGE_S = 1 << 30
 
 
 def resumable(task: EntryTask) -> bool:
@@ -48,7 +52,7 @@ def resumable(task: EntryTask) -> bool:
 def stamp_for(size: int, mtime_ns: int) -> int:
     """The atime (ns) that marks a partial file as written from a source of this size and mtime."""
     digest = hashlib.blake2b(f"{size}:{mtime_ns}".encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") % _STAMP_RANGE_S) * 1_000_000_000
+    return (_STAMP_BASE_S + int.from_bytes(digest, "big") % _STAMP_RANGE_S) * 1_000_000_000
 
 
 def open_partial(src_fd: int, task: EntryTask) -> tuple[int, str, int]:
