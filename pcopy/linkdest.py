@@ -84,9 +84,22 @@ def _xattrs(path: str, follow: bool = False) -> dict[str, bytes]:
             for name in os.listxattr(path, follow_symlinks=follow)}
 
 
-def link_into_place(candidate: str, task: EntryTask, options: CopyOptions) -> bool:
+def link_into_place(candidate: str, task: EntryTask, options: CopyOptions, missing: bool = False) -> bool:
     """Make task.dst another name of candidate (backing up what it replaces). False when the
-    file system cannot link it here (the caller copies instead); other errors are raised."""
+    file system cannot link it here (the caller copies instead); other errors are raised.
+    missing: nothing was at task.dst; then the link is made under its final name at once (a
+    new name appears with its whole content in one step: nothing to make atomic, one rename
+    saved per file of a snapshot), and only if something appeared there since, as usual."""
+    if missing:
+        try:
+            os.link(candidate, task.dst, follow_symlinks=False)
+            return True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno in LINK_IMPOSSIBLE:
+                return False
+            raise
     tmp = temp_path(task.dst)
     try:
         os.link(candidate, tmp, follow_symlinks=False)

@@ -44,6 +44,7 @@ from pcopy.jobs import (
     COPIED,
     DELETED,
     DST_DIFFERS,
+    DST_MISSING,
     DST_SAME,
     HARDLINKED,
     REPLACED,
@@ -403,7 +404,8 @@ class CopyRun:
         candidate = find_link(task, self.options)
         if candidate is None:
             return False
-        if not self.config.dry_run and not link_into_place(candidate, task, self.options):
+        if not self.config.dry_run and not link_into_place(candidate, task, self.options,
+                                                            missing=found == DST_MISSING):
             self.link_fallbacks += 1
             return False
         self.on_result(JobResult(-1, hardlinked=1, hardlinked_bytes=task.size,

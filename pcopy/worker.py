@@ -221,7 +221,7 @@ def _link_from_dest(task: EntryTask, options: CopyOptions, state: int, result: J
     candidate = find_link(task, options)
     if candidate is None:
         return False
-    if not options.dry_run and not link_into_place(candidate, task, options):
+    if not options.dry_run and not link_into_place(candidate, task, options, missing=state == DST_MISSING):
         result.link_fallbacks += 1
         return False
     result.hardlinked += 1

@@ -449,3 +449,21 @@ def test_interrupted_run_resumes_end_to_end(tmp_path: Path, how: signal.Signals)
     assert data["resumed_bytes"] == sum(kept.values())
     assert data["bytes"] == total - sum(kept.values())
     assert_same_tree(src, dst)
+
+
+def test_link_dest_for_files_split_into_ranges(tmp_path: Path) -> None:
+    """Files larger than --chunk-size are planned by the parent: linked there too."""
+    src = tmp_path / "src"
+    write(src / "big", os.urandom(300_000))
+    write(src / "big2", os.urandom(300_000))
+    stamp_times(src)
+    day1, day2, bak = tmp_path / "day1", tmp_path / "day2", tmp_path / "bak"
+    pc(src, day1, "-q", "--chunk-size", "64K")
+    write(day2 / "big2", b"stale")
+    dry = pc_json(src, day2, "--link-dest", day1, "--chunk-size", "64K", "-j", "2", "-n", "-i")
+    data = pc_json(src, day2, "--link-dest", day1, "--chunk-size", "64K", "-j", "2", "-i",
+                   "--backup-dir", bak)
+    assert sorted(data["changes"]) == sorted(dry["changes"]) == ["hardlinked big", "hardlinked big2"]
+    assert data["hardlinked"] == 2 and data["backed_up"] == 1 and data["files"] == 0
+    assert ino(day2 / "big") == ino(day1 / "big") and ino(day2 / "big2") == ino(day1 / "big2")
+    assert (bak / "big2").read_bytes() == b"stale"
