@@ -19,6 +19,7 @@ import pytest
 from treeutil import assert_same_tree, stamp_times, write
 from typer.testing import CliRunner
 
+from pcopy import bwlimit
 from pcopy.bwlimit import parse_rate, slice_bytes
 from pcopy.cli import app
 from pcopy.jobs import BatchJob, CopyOptions
@@ -467,3 +468,81 @@ def test_link_dest_for_files_split_into_ranges(tmp_path: Path) -> None:
     assert data["hardlinked"] == 2 and data["backed_up"] == 1 and data["files"] == 0
     assert ino(day2 / "big") == ino(day1 / "big") and ino(day2 / "big2") == ino(day1 / "big2")
     assert (bak / "big2").read_bytes() == b"stale"
+
+
+def test_backup_dir_inside_dst_is_kept_by_delete(src: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    pc(src, dst, "-q")
+    write(src / "changed", b"new content")
+    write(dst / "extra", b"x")
+    data = pc_json(src, dst, "--backup-dir", "old", "--delete", "-i")  # relative: DST/old
+    assert sorted(data["changes"]) == ["deleted extra", "replaced changed"]
+    assert (dst / "old" / "changed").read_bytes() == b"old"
+    assert (dst / "old" / "extra").read_bytes() == b"x"
+    again = pc_json(src, dst, "--backup-dir", "old", "--delete")
+    assert again["deleted"] == 0 and (dst / "old" / "extra").exists()
+
+
+# ------------------------------------------------------------------ the shared budget, unit tests
+
+class FakeClock:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now_ns = 0
+        self.slept: list[float] = []
+        monkeypatch.setattr(bwlimit.time, "monotonic_ns", lambda: self.now_ns)
+        monkeypatch.setattr(bwlimit.time, "sleep", self.sleep)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now_ns += int(seconds * 1e9)
+
+
+def test_throttle_keeps_every_process_on_one_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock(monkeypatch)
+    path = bwlimit.create(1000)  # 1000 B/s, burst 100 B
+    try:
+        a, b = bwlimit.Throttle(path), bwlimit.Throttle(path)
+        assert a.slot != b.slot
+        a.spend(500)  # ahead by 500 B: half a second
+        assert clock.slept == [0.5]
+        b.spend(250)  # the other worker pays for both: the schedule is shared
+        assert clock.slept[-1] == pytest.approx(0.25)
+        clock.now_ns += 10 * 10**9  # 10 s of nobody copying...
+        a.spend(1)
+        assert len(clock.slept) == 2  # ...is credit, but only up to the burst:
+        b.spend(300)
+        assert clock.slept[-1] == pytest.approx((300 - 100) / 1000)  # 100 B of credit left
+    finally:
+        bwlimit.remove(path)
+
+
+def test_slots_are_claimed_once_each_by_racing_processes() -> None:
+    path = bwlimit.create(1 << 20)
+    try:
+        for _ in range(5):  # many trials: 24 processes claim at the same instant each time
+            go_r, go_w = os.pipe()
+            out_r, out_w = os.pipe()
+            children = []
+            for _ in range(24):
+                pid = os.fork()
+                if pid == 0:  # the child: wait for the start signal, claim, report, leave
+                    try:
+                        os.close(go_w)  # else the children keep the start pipe open
+                        os.read(go_r, 1)
+                        os.write(out_w, b"%d\n" % bwlimit.Throttle(path).slot)
+                    finally:
+                        os._exit(0)
+                children.append(pid)
+            os.close(go_r)
+            os.close(out_w)
+            os.close(go_w)  # EOF wakes every child at once
+            for pid in children:
+                os.waitpid(pid, 0)
+            with os.fdopen(out_r) as fh:
+                slots = [int(line) for line in fh]
+            assert len(slots) == 24 and len(set(slots)) == 24
+            for name in os.listdir(path):
+                if name.startswith("slot-"):
+                    os.unlink(os.path.join(path, name))
+    finally:
+        bwlimit.remove(path)
