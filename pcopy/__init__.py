@@ -8,7 +8,9 @@ Names are imported lazily so `pcopy --version` and small copies start fast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+# Not `from typing import TYPE_CHECKING`: this module runs first in every pcopy process, before
+# pcopy's signal handling is in place (entry.py), and typing takes ~5 ms to import.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from pcopy.report import CopyReport
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pcopy' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-from pcopy.cli import main
+from pcopy.entry import main
 
 if __name__ == "__main__":
     main()

@@ -316,14 +316,15 @@ class _Output:
 
 def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) -> int:
     from pcopy.errors import CopyInterruptedError, RefusedError
+    from pcopy.interrupts import InterruptGuard
     from pcopy.jobs import Kind
     from pcopy.progress import NullProgress, ProgressSink, TqdmProgress
     from pcopy.report import format_failure
-    from pcopy.runner import InterruptGuard, run_copy
+    from pcopy.runner import run_copy
     from pcopy.target import locate
 
-    # For the rest of the process: the first signal unwinds with clean-up, a second exits at once,
-    # also while the interruption is being reported.
+    # For the rest of the process: the first signal unwinds with clean-up; later ones, while the
+    # (bounded) clean-up runs and the interruption is reported, do not cut it short.
     InterruptGuard().install()
     try:
         target = locate(src, dst)
@@ -351,8 +352,14 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) ->
 
 
 def main() -> None:
+    from pcopy.errors import CopyInterruptedError
+
     try:
-        app(prog_name="pcopy")
+        try:
+            app(prog_name="pcopy")
+        except CopyInterruptedError as exc:  # after the copy, while its report was written
+            _err(f"pcopy: interrupted by {'SIGINT' if exc.exit_code == 130 else 'SIGTERM'}")
+            raise SystemExit(exc.exit_code) from None
     except SystemExit as exc:
         if exc.code is not None and not isinstance(exc.code, int):
             raise  # a message for Python to print

@@ -15,3 +15,8 @@ class CopyInterruptedError(BaseException):
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class WorkerStop(BaseException):
+    """Raised by a pool worker's own signal handler inside a job so that `finally` blocks run
+    (its temporary file removed); the worker then leaves quietly (pool.serve)."""

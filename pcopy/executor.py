@@ -1,32 +1,32 @@
 """Executor: where jobs run. Inline in the parent (-j 1, and trees too small to pay for a pool),
-or in one multiprocessing.Pool fed with apply_async and a bounded number of jobs in flight.
+or on a pool.WorkerPool fed with apply_async and a bounded number of jobs in flight.
 
-A Pool loses the task of a worker that dies (SIGKILL, the OOM killer): its apply_async never
-completes. The executor notices a dead worker (its pid leaves the pool's live processes) and
-learns from a shared slot table which job that worker was running. It then replaces the whole
-pool (a worker killed while holding one of the pool's queue locks would wedge the survivors; the
-survivors remove their temporary files on SIGTERM) and submits every job that had not returned
-again. The dead worker's job is retried once, split into one job per entry so that a second
-death names the one entry that causes it, which is then reported failed. Jobs are idempotent
-(entries are written to temporary names and renamed; a byte range is written at fixed offsets),
-so running one twice is safe, and a result that arrives twice is counted once.
+A worker that dies (SIGKILL, the OOM killer) takes the jobs it had not answered with it; the
+pool replaces it and says which jobs it had and which one it was running. The others were only
+caught up in the death and are sent again as they are. The one it was running is retried once,
+split into one job per entry, so that a second death names the one entry that causes it, which
+is then reported failed. Jobs are idempotent (entries are written to temporary names and
+renamed; a byte range is written at fixed offsets), so running one twice is safe, and a result
+that arrives twice is counted once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
 import os
 import queue
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcopy.config import Config
 from pcopy.jobs import BatchJob, CopyFailure, DirJob, Job, JobResult, RangeJob
-from pcopy.worker import NO_JOB, init_worker, run_job
+from pcopy.worker import init_worker, run_job
+
+if TYPE_CHECKING:  # imported when a pool starts: multiprocessing is kept off the start-up path
+    from pcopy.pool import Call, WorkerPool
 
 # Jobs outstanding per worker: enough that a worker never waits for the parent to hand it the
 # next job, few enough that memory stays flat (a batch job is ~256 small records).
@@ -36,7 +36,7 @@ MAX_IN_FLIGHT_PER_WORKER = 4
 # parent copies alone and a tiny tree costs no process start-up at all.
 POOL_THRESHOLD_JOBS = 2
 
-# How long the parent waits for a result before it looks after its workers (dead ones, progress).
+# How long the parent waits for a result before it looks after progress (seconds).
 WAIT_SLICE_S = 0.1
 
 # A job lost with this many dead workers is reported failed instead of being tried again.
@@ -44,9 +44,11 @@ MAX_ATTEMPTS = 2
 
 WORKER_DIED = "worker process died while copying this entry (killed, e.g. by the OOM killer)"
 
-# Size of the shared table of (worker pid, current job id) slots. Replacement workers take the
-# next slot, so it only wraps after this many worker starts in one run.
-WORKER_SLOTS = 1024
+# How long the progress Manager may take to stop before it is killed (seconds).
+MANAGER_STOP_S = 0.5
+
+# How often the Manager process looks for its parent (seconds).
+PARENT_CHECK_S = 0.2
 
 
 def default_start_method() -> str:
@@ -72,25 +74,24 @@ def job_paths(job: Job) -> list[str]:
     return [t.src for t in job.tasks]
 
 
-@functools.cache
-def _quiet_pool_class() -> type[Any]:
-    """multiprocessing.Pool whose worker-handler thread sleeps until a worker exits or the pool
-    changes state. CPython's also wakes whenever a result is waiting in the result pipe, and
-    spins until the result-handler thread has read it: ~20 wake-ups per result, ~7% of all CPU
-    of a 20,000-file copy on 2 cores, taken from the workers. Worker deaths still wake it
-    (their sentinels), and so do close/terminate and an empty cache (the change notifier).
-    Defined on first use: importing multiprocessing.pool is kept off the start-up path."""
-    from multiprocessing.pool import Pool
+def _init_manager(parent: int) -> None:
+    """The progress Manager's process: SIGINT and SIGTERM are the parent's to act on (it shuts
+    the Manager down); it leaves on its own once the parent is gone (even SIGKILLed)."""
+    import threading
+    import time
 
-    class QuietPool(Pool):
-        def _get_sentinels(self) -> list[Any]:
-            return [self._change_notifier._reader]  # type: ignore[attr-defined]
+    from pcopy.interrupts import unblock_signals
 
-    return QuietPool
-
-
-def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    unblock_signals()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 class Executor:
@@ -104,19 +105,20 @@ class Executor:
         self.want_progress = want_progress
         self.on_result = on_result
         self.on_progress = on_progress
-        self.results: queue.SimpleQueue[JobResult] = queue.SimpleQueue()
+        # Results are delivered by pool.poll (in this thread) and handled in wait, one by one.
+        self.results: deque[JobResult] = deque()
         self.inline_progress: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
         self.progress_queue: Any = None
         self.ctx: Any = None
-        self.pool: Any = None
+        self.pool: WorkerPool | None = None
         self.manager: Any = None
-        self.worker_pids: set[int] = set()
         self.held: list[Job] = []
         self.pending: dict[int, Job] = {}  # job_id -> job, submitted and not yet returned
         self.attempts: dict[int, int] = {}  # job_id -> times its worker died running it
+        # Jobs of workers that died: their temporary files are removed once no worker runs
+        # (the directories they wrote in may hold live workers' temporary files meanwhile).
+        self.abandoned: list[Job] = []
         self.split_ids = itertools.count(-1, -1)  # ids for per-entry retries, never the planner's
-        self.slots: Any = None
-        self.slot_counter: Any = None
         self.max_in_flight = MAX_IN_FLIGHT_PER_WORKER * config.jobs
 
     # -- submission ---------------------------------------------------------------------------
@@ -151,11 +153,17 @@ class Executor:
         self.wait(block=False)
 
     def _send(self, job: Job) -> None:
+        assert self.pool is not None
         self.pending[job.job_id] = job
-        self.pool.apply_async(run_job, (job,), callback=self.results.put,
-                              error_callback=lambda exc, job=job: self.results.put(_call_failed(job, exc)))
+        def failed(exc: BaseException) -> None:
+            self.results.append(_call_failed(job, exc))
+
+        self.pool.apply_async(run_job, (job,), callback=self.results.append, error_callback=failed)
 
     def _start_pool(self) -> None:
+        from pcopy.interrupts import deferred, signals_blocked
+        from pcopy.pool import WorkerPool
+
         if self.ctx is None:
             import multiprocessing
 
@@ -165,31 +173,30 @@ class Executor:
                 from multiprocessing.managers import SyncManager
 
                 # Only when someone watches progress: a Manager is one more process (~50 ms).
+                # It starts with signals held back, like the workers (interrupts.signals_blocked).
                 self.manager = SyncManager(ctx=self.ctx)
-                self.manager.start(_ignore_sigint)
-                self.progress_queue = self.manager.Queue()
-            self.slots = self.ctx.RawArray("q", 2 * WORKER_SLOTS)
-            self.slot_counter = self.ctx.Value("i", 0)
-        self.pool = _quiet_pool_class()(self.config.jobs, initializer=init_worker,
-                                        initargs=(self.progress_queue, self.slots, self.slot_counter),
-                                        context=self.ctx)
-        self.worker_pids = {p.pid for p in self.pool._pool}
+                with deferred(), signals_blocked():
+                    self.manager.start(_init_manager, (os.getpid(),))
+                try:
+                    self.progress_queue = self.manager.Queue()
+                except Exception:  # the Manager is already gone: no bar, the copy goes on
+                    self.progress_queue = None
+        self.pool = WorkerPool(self.config.jobs, self.ctx, initializer=init_worker,
+                               initargs=(self.progress_queue,), on_lost=self._lost)
 
     # -- results ------------------------------------------------------------------------------
     def wait(self, block: bool) -> None:
-        """Handle finished jobs; with block, wait in short slices (serving progress and looking
-        after workers between them) until at least one finished."""
+        """Handle finished jobs; with block, wait in short slices (serving progress between
+        them) until at least one finished."""
         while True:
             self._drain_progress()
-            try:
-                result = self.results.get(timeout=WAIT_SLICE_S) if block else self.results.get_nowait()
-            except queue.Empty:
-                if not block:
-                    return
-                self._check_workers()
-                if not self.pending:
-                    return  # the jobs waited for were lost and reported failed
+            if not self.results and self.pool is not None:
+                self.pool.poll(WAIT_SLICE_S if block else 0)
+            if not self.results:
+                if not block or not self.pending:
+                    return  # (blocking: the jobs waited for were lost and reported failed)
                 continue
+            result = self.results.popleft()
             if self.pending.pop(result.job_id, None) is None:
                 continue  # a lost job's first run returned after all: counted once
             self.on_result(result)
@@ -206,66 +213,45 @@ class Executor:
                 nbytes += b
                 files += f
                 found += t
-        except (queue.Empty, EOFError, OSError):
+        except queue.Empty:
             pass
+        except Exception:  # the Manager died: that costs the bar, never the copy
+            self.progress_queue = None
         if nbytes or files or found:
             self.on_progress(nbytes, files, found)
 
-    def _check_workers(self) -> None:
-        """A worker that died took its job with it: replace the pool, send lost jobs again."""
-        if self.pool is None or not self.pending:
-            return
-        alive = {p.pid for p in self.pool._pool if p.exitcode is None}
-        dead = self.worker_pids - alive
-        if not dead:
-            return
-        dead_jobs = [self.slots[i + 1] for i in range(0, len(self.slots), 2) if self.slots[i] in dead]
-        culprits = {job_id for job_id in dead_jobs if job_id != NO_JOB}
-        if NO_JOB in dead_jobs:
-            self._unstick_task_lock()
-        self.pool.terminate()
-        self.pool.join()
-        self.wait(block=False)  # results that made it out before the terminate still count
-        lost = list(self.pending.values())
-        self.pending.clear()
-        self.on_abandoned(lost)  # a SIGKILLed worker could not remove its temporary file
-        self._start_pool()
-        for job in lost:
-            if job.job_id not in culprits:
-                self._send(job)  # only caught up in the restart: not its fault
+    def _lost(self, calls: list[Call], culprit: Call | None) -> None:
+        """A worker died with these calls unanswered (the pool has replaced it already)."""
+        assert self.pool is not None
+        jobs: list[Job] = [call.args[0] for call in calls]
+        self.abandoned.extend(jobs)  # a SIGKILLed worker could not remove its temporary file
+        for call, job in zip(calls, jobs, strict=True):
+            if job.job_id not in self.pending:
+                continue
+            if call is not culprit:
+                self.pool.resubmit(call)  # only caught up in the death: not its fault
             elif self.attempts.get(job.job_id, 0) + 1 >= MAX_ATTEMPTS:
+                del self.pending[job.job_id]
                 self.on_result(JobResult(job.job_id, failures=[
                     CopyFailure(path, None, WORKER_DIED) for path in job_paths(job)]))
             elif isinstance(job, BatchJob) and len(job.tasks) > 1:
                 # One entry per job, each with one death already counted against it.
+                del self.pending[job.job_id]
                 self.on_result(JobResult(job.job_id))  # the batch is replaced by its parts
                 for task in job.tasks:
                     self._send_single(BatchJob(next(self.split_ids), (task,), job.options))
             elif isinstance(job, DirJob) and len(job.names) > 1:
+                del self.pending[job.job_id]
                 self.on_result(JobResult(job.job_id))
                 for name in job.names:
                     self._send_single(job._replace(job_id=next(self.split_ids), names=(name,)))
             else:
                 self.attempts[job.job_id] = self.attempts.get(job.job_id, 0) + 1
-                self._send(job)
+                self.pool.resubmit(call)
 
     def _send_single(self, job: Job) -> None:
         self.attempts[job.job_id] = 1
         self._send(job)
-
-    def _unstick_task_lock(self) -> None:
-        """An idle worker waits for its next task holding the pool's task-queue read lock; killed
-        there, it never releases it, and Pool.terminate (which takes that lock first) would hang.
-        If the lock stays taken, release it on the dead worker's behalf (a pool-private detail,
-        CPython 3.10-3.14: Pool._inqueue._rlock)."""
-        lock = getattr(getattr(self.pool, "_inqueue", None), "_rlock", None)
-        if lock is None:
-            return
-        if lock.acquire(timeout=WAIT_SLICE_S):
-            lock.release()
-        else:
-            with contextlib.suppress(ValueError):
-                lock.release()
 
     def run_held(self) -> None:
         """Run what is still held, inline: too little work came to be worth starting a pool."""
@@ -274,18 +260,38 @@ class Executor:
             self._run_inline(job)
 
     def close(self, terminate: bool) -> None:
+        """Stop the workers (terminate: now, mid-job) and the Manager; bounded in time."""
         if self.pool is not None:
+            pool, self.pool = self.pool, None
             if terminate:
-                self.pool.terminate()  # workers remove their temporary files on SIGTERM...
+                # Workers remove their temporary file on SIGTERM; one killed after the grace
+                # time, or caught between creating it and knowing its name, cannot.
+                pool.terminate()
+                self.abandoned.extend(self.pending.values())
             else:
-                self.pool.close()
-            self.pool.join()
-            self.pool = None
-            if terminate:  # ...except one caught between creating it and knowing its name
-                self.on_abandoned(list(self.pending.values()))
+                pool.close()
+        if self.abandoned:  # no worker runs now: what is left in their directories is debris
+            abandoned, self.abandoned = self.abandoned, []
+            self.on_abandoned(abandoned)
         if self.manager is not None:
-            self.manager.shutdown()
-            self.manager = None
+            if not terminate:
+                self._drain_progress()  # what the workers said last, before the Manager goes
+            manager, self.manager = self.manager, None
+            self.progress_queue = None
+            _stop_manager(manager)
+
+
+def _stop_manager(manager: Any) -> None:
+    """SyncManager.shutdown asks politely and waits up to a second, twice; a Manager holds
+    nothing worth a wait (it ignores SIGTERM, see _init_manager): kill it."""
+    process = getattr(manager, "_process", None)
+    if process is None:
+        manager.shutdown()
+        return
+    if process.exitcode is None:
+        process.kill()
+        process.join(MANAGER_STOP_S)
+    manager.shutdown()  # bookkeeping only now: finds the process gone
 
 
 def _call_failed(job: Job, exc: BaseException) -> JobResult:

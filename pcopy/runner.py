@@ -2,8 +2,9 @@
 
     walk_tree(src) ──directories──▶ parent: make them (private 0700 until the end)
                    ──Names chunks (unstat'ed)──▶ Planner.dir_job ──DirJob──▶ executor.submit
-    executor: a multiprocessing.Pool (apply_async, at most MAX_IN_FLIGHT_PER_WORKER * jobs
-              outstanding) or, for -j 1 and trees too small to pay for a pool, the parent itself.
+    executor: a pool.WorkerPool (apply_async; one pair of pipes per worker, no shared lock; at
+              most MAX_IN_FLIGHT_PER_WORKER * jobs outstanding) or, for -j 1 and trees too small
+              to pay for a pool, the parent itself.
     workers: run_job(job) -> JobResult ──callback──▶ results queue ──▶ parent: counts, failures,
               and what a DirJob hands back (large files, hard links, files past its byte budget)
               ──▶ Planner.add_task ──BatchJob / SplitFile (byte ranges)──▶ executor.submit;
@@ -14,21 +15,21 @@
 
 The parent does the order-sensitive work (directories before their files, pre-sizing a split file,
 its metadata and rename after its last range, directory metadata after contents); workers stat
-and copy. Signals: SIGINT/SIGTERM stop the walk, terminate the pool (workers remove the temporary
-file they were writing), the parent removes the temporary files it made and those of workers that
-stopped mid-job, and CopyInterruptedError carries 130/143 up to the caller.
+and copy. Signals (interrupts.py): SIGINT/SIGTERM stop the walk, terminate the pool within a bound
+(workers remove the temporary file they were writing; a worker still there after the grace time is
+killed), the parent removes the temporary files it made (parent_temps: created and recorded in one
+deferred section) and those of workers that stopped mid-job, and CopyInterruptedError carries
+130/143 up to the caller.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +37,9 @@ from pcopy import bwlimit
 from pcopy.backup import back_up, mirror_rules
 from pcopy.backup import prepare as prepare_backups
 from pcopy.config import Config
-from pcopy.errors import CopyInterruptedError
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.fastcopy import copy_file_range_works, data_segments
+from pcopy.interrupts import deferred, signals_raise
 from pcopy.jobs import (
     COMPARE_ALWAYS,
     COPIED,
@@ -95,43 +96,6 @@ def _copy_file_range_works(src: str, dst_fd: int) -> bool:
         os.close(fd)
 
 
-class InterruptGuard:
-    """SIGINT and SIGTERM raise CopyInterruptedError (130/143) so clean-up runs on the way up;
-    a second signal, during that clean-up, exits at once with the first one's code."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.first: int | None = None
-
-    def handle(self, signum: int, frame: object) -> None:
-        if self.first is not None:
-            os._exit(128 + self.first)  # asked twice: leave now
-        self.first = signum
-        raise CopyInterruptedError(signum)
-
-    def install(self) -> dict[int, Any]:
-        return {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
-
-
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Install an InterruptGuard for the copy, unless the caller (the CLI, for the whole life of
-    the process) already did. Only the main thread may install handlers: library calls from
-    other threads keep the process' handlers."""
-    current = signal.getsignal(signal.SIGINT)
-    if (threading.current_thread() is not threading.main_thread()
-            or isinstance(getattr(current, "__self__", None), InterruptGuard)):
-        yield
-        return
-    previous = InterruptGuard().install()
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 class CopyRun:
     """The state of one copy: what the parent knows and must finish. Callers that walk
     themselves (pcopy.copytree) drive it with run(feed), calling plan() from feed."""
@@ -158,6 +122,9 @@ class CopyRun:
         self.report.dry_run = config.dry_run
         self.planner = Planner(config, self.options)
         self.splits: dict[int, _SplitState] = {}
+        # Temporary files the parent made (split files, hard links) and has not yet renamed or
+        # removed: an interruption removes them, a worker's clean-up keeps them.
+        self.parent_temps: set[str] = set()
         self.range_owner: dict[int, int] = {}  # job_id of a RangeJob -> its split file's id
         self.dirs: list[tuple[str, Entry]] = []  # (dst, entry) in walk order, for the end
         self.fresh_dirs: set[str] = set()  # rel paths of directories this run created
@@ -173,27 +140,29 @@ class CopyRun:
     def run(self, feed: Callable[[], None]) -> CopyReport:
         """feed() walks and plans (calling self.plan and self.make_dir); the rest is shared."""
         start = time.perf_counter()
-        ok = False
         try:
-            feed()
-            self.settle()
-            ok = True
-        finally:
-            self.executor.close(terminate=not ok)
-            if not ok:
-                self.remove_split_temps()
-            self.progress.close()
-            if self.bwlimit_path:
-                bwlimit.remove(self.bwlimit_path)
-        self.make_links()
-        if self.link_fallbacks:
-            self.report.warnings.append(
-                f"{self.link_fallbacks} unchanged entries could not be hard-linked from --link-dest "
-                "(another device, too many links, or no hard links there): copied instead")
-        if self.mirror_target is not None:
-            # Before directory metadata: removing entries changes their directories' mtimes.
-            mirror(self.mirror_target, self.config, self.report, self.options)
-        self.finish_dirs()
+            ok = False
+            try:
+                feed()
+                self.settle()
+                ok = True
+            finally:
+                self.executor.close(terminate=not ok)
+                self.progress.close()
+                if self.bwlimit_path:
+                    bwlimit.remove(self.bwlimit_path)
+            self.make_links()
+            if self.link_fallbacks:
+                self.report.warnings.append(
+                    f"{self.link_fallbacks} unchanged entries could not be hard-linked from --link-dest "
+                    "(another device, too many links, or no hard links there): copied instead")
+            if self.mirror_target is not None:
+                # Before directory metadata: removing entries changes their directories' mtimes.
+                mirror(self.mirror_target, self.config, self.report, self.options)
+            self.finish_dirs()
+        except BaseException:  # interrupted (or a bug): no temporary file of ours stays behind
+            self.remove_parent_temps()
+            raise
         self.report.seconds = time.perf_counter() - start
         return self.report
 
@@ -360,7 +329,9 @@ class CopyRun:
                 self.report.bytes += task.size
                 self.progress.advance(task.size, 1)
                 return
-            fd, tmp = create_temp(task.dst, temp_mode(task.mode, shared_writes=True))
+            with deferred():  # a signal cannot fall between creating it and knowing its name
+                fd, tmp = create_temp(task.dst, temp_mode(task.mode, shared_writes=True))
+                self.parent_temps.add(tmp)
         except OSError as exc:
             self.report.failures.append(CopyFailure.of(task.src, exc))
             return
@@ -369,14 +340,14 @@ class CopyRun:
             in_kernel = self.options.use_fast_paths and _copy_file_range_works(task.src, fd)
         except OSError as exc:
             os.close(fd)
-            _remove(tmp)
+            self.drop_temp(tmp)
             self.report.failures.append(CopyFailure.of(task.src, exc))
             return
         os.close(fd)
         try:
             segments = self.segments(task)
         except OSError as exc:
-            _remove(tmp)
+            self.drop_temp(tmp)
             self.report.failures.append(CopyFailure.of(task.src, exc))
             return
         # Only with a chunk size set (the default copies every file as one stream, see
@@ -440,9 +411,11 @@ class CopyRun:
                 _fsync_path(state.tmp)
             if self.options.backup and back_up(task.dst, self.options):
                 self.report.backed_up += 1
-            os.replace(state.tmp, task.dst)
+            with deferred():
+                os.replace(state.tmp, task.dst)
+                self.parent_temps.discard(state.tmp)
         except (OSError, ChangedError) as exc:
-            _remove(state.tmp)
+            self.drop_temp(state.tmp)
             failure = state.failures[0] if state.failures else CopyFailure.of(task.src, exc)
             self.report.failures.append(failure)
             return
@@ -462,15 +435,20 @@ class CopyRun:
         """Remove temporary files that workers which stopped mid-job (killed, terminated, or
         interrupted inline) left in the jobs' directories; the parent's own split-file
         temporaries there are kept (their ranges are re-run, or removed on interruption)."""
-        keep = {state.tmp for state in self.splits.values()}
+        keep = set(self.parent_temps)
         for directory in set().union(*(job_dst_dirs(job) for job in jobs)):
             with suppress(OSError):
                 remove_leftovers(directory, keep)
 
-    def remove_split_temps(self) -> None:
-        for state in self.splits.values():
-            _remove(state.tmp)
+    def remove_parent_temps(self) -> None:
+        for tmp in self.parent_temps:
+            _remove(tmp)
+        self.parent_temps.clear()
         self.splits.clear()
+
+    def drop_temp(self, tmp: str) -> None:
+        _remove(tmp)
+        self.parent_temps.discard(tmp)
 
     # -- results --------------------------------------------------------------------------------
     def on_result(self, result: JobResult) -> None:
@@ -534,13 +512,17 @@ class CopyRun:
                 raise IsADirectoryError(21, "cannot overwrite directory with non-directory", link.dst)
         if not dry_run:
             tmp = temp_path(link.dst)
-            os.link(link.first_dst, tmp)
+            with deferred():
+                os.link(link.first_dst, tmp)
+                self.parent_temps.add(tmp)
             try:
                 if current is not None and self.options.backup:
                     back_up(link.dst, self.options)
-                os.replace(tmp, link.dst)
+                with deferred():
+                    os.replace(tmp, link.dst)
+                    self.parent_temps.discard(tmp)
             except OSError:
-                _remove(tmp)
+                self.drop_temp(tmp)
                 raise
         if current is not None and self.options.backup:
             self.report.backed_up += 1
@@ -578,7 +560,7 @@ def run_copy(target: Target, config: Config, progress: ProgressSink | None = Non
     feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
     if config.delete and target.src_kind is Kind.DIR:
         run.mirror_target = target
-    with _signals_raise():
+    with signals_raise():
         return run.run(lambda: feed(target))
 
 

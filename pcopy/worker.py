@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import stat
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
@@ -15,6 +14,7 @@ from typing import Any, NamedTuple, Protocol
 from pcopy import bwlimit
 from pcopy.backup import back_up
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
+from pcopy.errors import WorkerStop
 from pcopy.fastcopy import copy_positional, copy_range, data_segments, digest_range, is_sparse
 from pcopy.jobs import (
     COMPARE_ALWAYS,
@@ -59,7 +59,7 @@ class ProgressQueue(Protocol):
     def put(self, item: Any) -> None: ...
 
 
-class _Terminated(BaseException):
+class _Terminated(WorkerStop):
     """Raised inside a job when the worker is told to stop, so `finally` blocks remove temp files."""
 
 
@@ -68,12 +68,6 @@ _EUID = os.geteuid() if hasattr(os, "geteuid") else -1
 _EGID = os.getegid() if hasattr(os, "getegid") else -1
 _HAS_BLOCKS = hasattr(os.stat_result, "st_blocks")
 _worker_queue: ProgressQueue | None = None  # set once per pool worker by init_worker
-# This worker's slot in the parent's shared table: slots[2*i] = pid, slots[2*i+1] = the job it
-# runs (-1 when idle), so the parent knows which job a dead worker took with it. Plain shared
-# memory, no lock: a worker killed at any instant cannot leave anything locked behind.
-_slots: Any = None
-_slot = -1
-NO_JOB = -1
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -82,38 +76,17 @@ def _on_sigterm(signum: int, frame: object) -> None:
     os._exit(128 + signum)  # idle between jobs: nothing to clean up
 
 
-def init_worker(progress_queue: ProgressQueue | None = None, slots: Any = None,
-                slot_counter: Any = None) -> None:
-    """Pool initializer. The parent alone decides what an interrupt means: workers ignore SIGINT
-    (a Ctrl-C reaches the whole process group) and turn SIGTERM (Pool.terminate) into a clean
-    exit that removes the temporary file they were writing. The progress queue comes here once
-    per worker rather than with every job: unpickling a Manager proxy costs a round trip."""
-    global _worker_queue, _slots, _slot
-    _worker_queue = progress_queue
-    if slots is not None and slot_counter is not None:
-        with slot_counter.get_lock():
-            _slot = slot_counter.value % (len(slots) // 2)
-            slot_counter.value += 1
-        _slots = slots
-        slots[2 * _slot] = os.getpid()
-        slots[2 * _slot + 1] = NO_JOB
+def init_worker(progress_queue: ProgressQueue | None = None) -> None:
+    """Pool initializer (it runs before the worker lets signals in, see pool.serve). The parent
+    alone decides what an interrupt means: workers ignore SIGINT (a Ctrl-C reaches the whole
+    process group) and turn SIGTERM (the parent stopping them, or the pool when the parent is
+    gone) into a clean exit that removes the temporary file they were writing. The progress
+    queue comes here once per worker rather than with every job: unpickling a Manager proxy
+    costs a round trip."""
+    global _worker_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-# How often a worker checks that the process that started it is still there (seconds).
-PARENT_CHECK_S = 1.0
-
-
-def _exit_with_parent(parent: int) -> None:
-    """If pcopy itself is killed (SIGKILL cannot be caught), its workers would wait for jobs
-    forever as orphans: each worker leaves on its own once its parent is gone. (getppid is
-    portable; Linux's PR_SET_PDEATHSIG is not.)"""
-    while True:
-        time.sleep(PARENT_CHECK_S)
-        if os.getppid() != parent:
-            os._exit(1)
+    _worker_queue = progress_queue
 
 
 class _Progress:
@@ -143,9 +116,27 @@ class _Progress:
 
     def flush(self) -> None:
         if self.pending_bytes or self.pending_files or self.found_bytes:
-            self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes))
+            try:
+                self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes))
+            except Exception:  # the channel broke (its process died): it costs the bar only
+                self.queue = _NO_PROGRESS
+                _lose_progress_channel()
             self.pending_bytes = self.pending_files = self.found_bytes = 0
         self.last = time.monotonic()
+
+
+class _NoProgress:
+    def put(self, item: Any) -> None:
+        pass
+
+
+_NO_PROGRESS = _NoProgress()
+
+
+def _lose_progress_channel() -> None:
+    """A progress channel that failed once is not used again by this worker."""
+    global _worker_queue
+    _worker_queue = None
 
 
 def _ignore(_: int) -> None:
@@ -156,12 +147,10 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
     """Run one job; a failure of one entry is recorded and the next entry goes on. Progress goes
     to queue, or in a pool worker to the queue given to init_worker."""
     global _in_job
-    _in_job = True
-    if _slots is not None:
-        _slots[2 * _slot + 1] = job.job_id
     queue = queue if queue is not None else _worker_queue
     progress = _Progress(queue) if queue is not None else None
     try:
+        _in_job = True
         if isinstance(job, DirJob):
             return _run_dir(job, progress)
         if isinstance(job, RangeJob):
@@ -171,8 +160,6 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
         os._exit(128 + signal.SIGTERM)  # temp files were removed on the way out
     finally:
         _in_job = False
-        if _slots is not None:
-            _slots[2 * _slot + 1] = NO_JOB
         if progress is not None:
             progress.flush()
 

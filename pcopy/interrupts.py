@@ -1,0 +1,120 @@
+"""What SIGINT and SIGTERM mean in pcopy's parent process, and how processes are started so that
+a signal can never catch one half-made.
+
+The parent: the first signal raises CopyInterruptedError (130/143) where the parent is, so the
+clean-up runs on the way up, except inside a `deferred()` section (creating a temporary file
+and recording its name, starting workers), where it is held and raised at the section's end.
+Later signals, while that bounded clean-up runs, are ignored: a second Ctrl-C 50 ms after the
+first must not abandon temporary files or workers. A third one leaves at once (an escape hatch
+for a clean-up stuck on a hung file system).
+
+Children: `signals_blocked()` blocks SIGINT and SIGTERM in the parent around fork, so a child
+starts with them pending instead of running the parent's handler (Python's handlers and the
+signal mask are both inherited through fork, and the mask through exec, so spawn and forkserver
+children too). The child installs its own handlers and only then unblocks (pool.serve).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+from pcopy.errors import CopyInterruptedError
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Signals that end the clean-up at once: the third (first + one ignored) and later.
+GIVE_UP_AFTER = 3
+
+
+class InterruptGuard:
+    """SIGINT and SIGTERM raise CopyInterruptedError, once; see the module note."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.count = 0
+        self.deferring = 0
+        self.held: int | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.first is not None:
+            if self.count >= GIVE_UP_AFTER:
+                os._exit(128 + self.first)
+            return  # already stopping: the clean-up is bounded, let it finish
+        self.first = signum
+        if self.deferring:
+            self.held = signum
+            return
+        raise CopyInterruptedError(signum)
+
+    def install(self) -> dict[int, Any]:
+        return {sig: signal.signal(sig, self.handle) for sig in SIGNALS}
+
+    @contextmanager
+    def deferring_section(self) -> Iterator[None]:
+        self.deferring += 1
+        try:
+            yield
+        finally:
+            self.deferring -= 1
+        if not self.deferring and self.held is not None:
+            signum, self.held = self.held, None
+            raise CopyInterruptedError(signum)
+
+
+def active_guard() -> InterruptGuard | None:
+    """The InterruptGuard handling SIGINT in this process, if any (only the main thread may ask
+    for handlers to change, but any thread may read them)."""
+    handler = signal.getsignal(signal.SIGINT)
+    owner = getattr(handler, "__self__", None)
+    return owner if isinstance(owner, InterruptGuard) else None
+
+
+def deferred() -> Any:
+    """A section no signal interrupts halfway: the guard raises at its end instead. Outside
+    pcopy's parent (no guard installed) it changes nothing."""
+    guard = active_guard()
+    return guard.deferring_section() if guard is not None else nullcontext()
+
+
+@contextmanager
+def signals_blocked(all_threads: bool = False) -> Iterator[None]:
+    """SIGINT and SIGTERM held back in this thread (so in processes it starts) while inside; in
+    the main thread only, unless all_threads. Windows has no signal masks: there a child relies
+    on installing its handlers first thing."""
+    if not hasattr(signal, "pthread_sigmask") or (
+            not all_threads and threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def unblock_signals() -> None:
+    """In a child, once its own handlers are in place: let the held signals in."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """Install an InterruptGuard for a copy, unless the caller (the CLI, for the whole life of
+    the process) already did. Only the main thread may install handlers: library calls from
+    other threads keep the process' handlers."""
+    if threading.current_thread() is not threading.main_thread() or active_guard() is not None:
+        yield
+        return
+    previous = InterruptGuard().install()
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
