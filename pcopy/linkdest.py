@@ -89,7 +89,8 @@ def link_into_place(candidate: str, task: EntryTask, options: CopyOptions, missi
     file system cannot link it here (the caller copies instead); other errors are raised.
     missing: nothing was at task.dst; then the link is made under its final name at once (a
     new name appears with its whole content in one step: nothing to make atomic, one rename
-    saved per file of a snapshot), and only if something appeared there since, as usual."""
+    saved per file of a snapshot), and only if something appeared there since, as usual, but
+    without a backup (it can only be what a worker of this run that died wrote)."""
     if missing:
         try:
             os.link(candidate, task.dst, follow_symlinks=False)
@@ -108,7 +109,7 @@ def link_into_place(candidate: str, task: EntryTask, options: CopyOptions, missi
             return False
         raise
     try:
-        if options.backup:
+        if options.backup and not missing:
             back_up(task.dst, options)
         os.replace(tmp, task.dst)
     except BaseException:

@@ -409,7 +409,7 @@ class CopyRun:
                            times=self.config.preserve_times)
             if self.config.fsync:
                 _fsync_path(state.tmp)
-            if self.options.backup and back_up(task.dst, self.options):
+            if self.options.backup and state.replaces and back_up(task.dst, self.options):
                 self.report.backed_up += 1
             with deferred():
                 os.replace(state.tmp, task.dst)

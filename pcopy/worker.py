@@ -187,6 +187,10 @@ def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, res
         if options.link_dest and options.compare != COMPARE_ALWAYS and _link_from_dest(task, options, state, result):
             on_bytes(task.size)
             return
+        if options.backup and state != DST_DIFFERS:
+            # Nothing of the user's is there to keep: only what a worker of this run that died
+            # wrote (a retried job judges a directory it created as empty, see check_dst).
+            options = options._replace(backup=False)
         if options.dry_run:
             copied = task.size  # what a real run would copy; nothing is opened for writing
             on_bytes(copied)
