@@ -546,3 +546,17 @@ def test_slots_are_claimed_once_each_by_racing_processes() -> None:
                     os.unlink(os.path.join(path, name))
     finally:
         bwlimit.remove(path)
+
+
+def test_a_retried_job_backs_up_nothing_it_wrote_itself(tmp_path: Path) -> None:
+    """A job whose worker died is run again; in a directory this run created (check_dst False)
+    what it finds can only be its own earlier work: it is replaced without a backup."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "f", b"data")
+    write(dst / "f", b"data")  # what the dead worker had already renamed into place
+    task = task_from_stat(str(src / "f"), str(dst / "f"), os.stat(src / "f"), check_dst=False)
+    assert task is not None
+    options = CopyOptions(plain=False, dst_root=str(dst), backup=True, backup_suffix="~")
+    result = run_job(BatchJob(1, (task,), options))
+    assert result.failures == [] and result.backed_up == 0
+    assert sorted(os.listdir(dst)) == ["f"]
