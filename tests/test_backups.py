@@ -560,3 +560,31 @@ def test_a_retried_job_backs_up_nothing_it_wrote_itself(tmp_path: Path) -> None:
     result = run_job(BatchJob(1, (task,), options))
     assert result.failures == [] and result.backed_up == 0
     assert sorted(os.listdir(dst)) == ["f"]
+
+
+def test_a_link_the_file_system_refuses_is_copied_and_said_once(
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount point below DIR, too many links, no hard links: EXDEV/EMLINK/EPERM from link()
+    (-j 1 runs inline, so the patch reaches the copy)."""
+    import errno
+
+    from pcopy import linkdest
+
+    day1 = tmp_path / "day1"
+    pc(src, day1, "-q")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(linkdest.os, "link", refuse)
+    data = pc_json(src, tmp_path / "day2", "--link-dest", day1, "-j", "1")
+    assert data["exit_code"] == 0 and data["hardlinked"] == 0 and data["files"] == 6
+    assert data["stderr"].count("could not be hard-linked") == 1
+    assert_same_tree(src, tmp_path / "day2")
+
+
+def test_ignore_times_links_nothing(src: Path, tmp_path: Path) -> None:
+    day1 = tmp_path / "day1"
+    pc(src, day1, "-q")
+    data = pc_json(src, tmp_path / "day2", "--link-dest", day1, "-I")
+    assert data["hardlinked"] == 0 and data["files"] == 6
