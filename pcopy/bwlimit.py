@@ -68,12 +68,17 @@ def slice_bytes(rate: int) -> int:
     return max(MIN_SLICE_BYTES, min(MAX_SLICE_BYTES, rate // SLICE_PER_S))
 
 
+_PREFIX = "pcopy-bwlimit-"
+
+
 def create(rate: int) -> str:
     """The parent's part: a directory holding the counters, returned as its path; the run's
-    clock starts now. Remove it with remove() when the run ends."""
+    clock starts now. Remove it with remove() when the run ends. Its name carries the parent's
+    pid, so that a later run can remove the directories of runs that were killed."""
     import tempfile  # only --bwlimit needs it: kept off the start-up path
 
-    path = tempfile.mkdtemp(prefix="pcopy-bwlimit-")
+    remove_stale(tempfile.gettempdir())
+    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     with open(os.path.join(path, _COUNTERS_NAME), "wb") as fh:
         header = memoryview(bytearray(8 * _HEADER)).cast("q")
         header[0] = time.monotonic_ns()
@@ -87,6 +92,33 @@ def remove(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale(directory: str) -> int:
+    """Remove the counters of runs whose parent is gone (a SIGKILLed pcopy cannot remove its
+    own); returns how many. A directory whose pid is alive stays, even if that pid was reused:
+    it is only kept longer. POSIX only: Windows' os.kill(pid, 0) would terminate the process."""
+    if os.name != "posix":
+        return 0
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        pid_text = name[len(_PREFIX):].split("-", 1)[0] if name.startswith(_PREFIX) else ""
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or another user's process): not ours to judge
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        remove(os.path.join(directory, name))
+        removed += 1
+    return removed
 
 
 class Throttle:

@@ -588,3 +588,16 @@ def test_ignore_times_links_nothing(src: Path, tmp_path: Path) -> None:
     pc(src, day1, "-q")
     data = pc_json(src, tmp_path / "day2", "--link-dest", day1, "-I")
     assert data["hardlinked"] == 0 and data["files"] == 6
+
+
+def test_counters_of_killed_runs_are_removed_by_the_next(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that is gone (reuse within the test is practically impossible)
+    stale = tmp_path / f"pcopy-bwlimit-{dead.pid}-abc"
+    live = tmp_path / f"pcopy-bwlimit-{os.getppid()}-def"
+    other = tmp_path / "pcopy-bwlimit-notapid"
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "counters").write_bytes(b"x")
+    assert bwlimit.remove_stale(str(tmp_path)) == 1
+    assert not stale.exists() and live.exists() and other.exists()
