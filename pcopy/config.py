@@ -121,16 +121,21 @@ class Config:
             raise ValueError("bandwidth limit must be at least 1 byte per second")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    """Parse '1048576', '64K', '8M', '1G' (binary units, as cp and rsync read them)."""
+    """Parse '1048576', '64K', '8M', '1G', '1.5G' (binary units, as cp and rsync read them; a
+    fraction must come to a whole number of bytes)."""
+    from fractions import Fraction
+
     match = _SIZE_RE.match(text)
     if not match:
-        raise ValueError(f"invalid size {text!r} (use e.g. 1048576, 64K, 8M, 1G)")
-    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+        raise ValueError(f"invalid size {text!r} (use e.g. 1048576, 64K, 8M, 1.5G)")
+    value = Fraction(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    if value.denominator != 1:
+        raise ValueError(f"size {text!r} is not a whole number of bytes")
     if value < 1:
         raise ValueError(f"size must be at least 1 byte, got {text!r}")
-    return value
+    return int(value)

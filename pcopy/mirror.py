@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pcopy.filters import FilterSet
-from pcopy.jobs import CopyFailure
+from pcopy.jobs import STEP_DELETE, CopyFailure
 from pcopy.metadata import is_partial_name, is_temp_name
 
 __all__ = ["DeleteResult", "delete_extraneous"]
@@ -202,7 +202,8 @@ def _move(parent: _Handle, name: str, target: str) -> None:
 
 
 def _failure(path: str, error: OSError, what: str) -> CopyFailure:
-    return CopyFailure(path=path, errno=error.errno, message=f"{what}: {error.strerror or error}")
+    return CopyFailure(path=path, errno=error.errno, message=f"{what}: {error.strerror or error}",
+                       step=STEP_DELETE)
 
 
 # ---------------------------------------------------------------- pass 1: scan
@@ -349,7 +350,7 @@ def _execute(
     blocked: set[str] = set()  # directories to keep: something inside was not removed
     try:
         if ident != idents.get(""):
-            result.failures.append(CopyFailure(dst_root, None, "DST root was replaced during the run"))
+            result.failures.append(CopyFailure(dst_root, None, "DST root was replaced during the run", STEP_DELETE))
             return
         for rel, is_dir in plan:
             head, name = os.path.split(rel)
@@ -415,7 +416,8 @@ def _enter(
         if ident != idents.get(rel):
             _close(handle)
             broken.add(here)
-            failures.append(CopyFailure(path, None, "not entered: DST directory was replaced during the run"))
+            failures.append(CopyFailure(path, None, "not entered: DST directory was replaced during the run",
+                                        STEP_DELETE))
             return None
         stack.append((here, handle))
     return stack[-1][1]

@@ -41,14 +41,24 @@ from pcopy.executor import Executor, job_dst_dirs
 from pcopy.fastcopy import copy_file_range_works, data_segments
 from pcopy.interrupts import deferred, signals_raise
 from pcopy.jobs import (
+    ATTRIBUTES,
     COMPARE_ALWAYS,
     COPIED,
     DELETED,
+    DST_ATTRS,
     DST_DIFFERS,
     DST_MISSING,
     DST_SAME,
     HARDLINKED,
     REPLACED,
+    STEP_CHECK,
+    STEP_COMPARE,
+    STEP_CREATE,
+    STEP_LINK,
+    STEP_METADATA,
+    STEP_MKDIR,
+    STEP_RENAME,
+    STEP_WALK,
     BatchJob,
     CopyFailure,
     CopyOptions,
@@ -72,7 +82,7 @@ from pcopy.metadata import (
 from pcopy.plan import HardLink, Planner, SplitFile, dst_path, options_for, split_ranges
 from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
-from pcopy.target import Target
+from pcopy.target import Target, dst_refused
 from pcopy.walk import Entry, Names, make_entry, walk_tree
 from pcopy.worker import ChangedError, judge_task, task_from_stat
 
@@ -194,7 +204,10 @@ class CopyRun:
         assert entry is not None
         parent = os.path.dirname(target.dst)
         if parent and not self.config.dry_run:
-            os.makedirs(parent, exist_ok=True)
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise dst_refused(target.dst, exc) from exc
         self.plan(entry, target.dst, check_dst=True)
 
     def copy_tree(self, target: Target) -> None:
@@ -229,7 +242,7 @@ class CopyRun:
                 self.executor.submit(job)
 
     def walk_error(self, path: str, exc: OSError) -> None:
-        self.report.failures.append(CopyFailure.of(path, exc))
+        self.report.failures.append(CopyFailure.of(path, exc, STEP_WALK))
 
     # -- directories ----------------------------------------------------------------------------
     def make_dir(self, entry: Entry, dst: str, parents: bool = False) -> None:
@@ -250,15 +263,17 @@ class CopyRun:
             if not stat.S_ISDIR(st.st_mode):
                 self.blocked_dirs.add(entry.rel)
                 self.report.failures.append(CopyFailure(
-                    entry.src, None, f"destination {dst!r} exists and is not a directory"))
+                    entry.src, None, f"destination {dst!r} exists and is not a directory", STEP_MKDIR))
                 return
             # An existing directory may hold temporary files of a run that was killed (and
             # partial files, which only a run with --partial continues: others clear them).
             with suppress(OSError):
                 remove_leftovers(dst, keep_partial=self.config.partial)
         except OSError as exc:
+            if parents:  # the DST root: nothing was written, nothing could be (exit 2)
+                raise dst_refused(dst, exc) from exc
             self.blocked_dirs.add(entry.rel)
-            self.report.failures.append(CopyFailure.of(entry.src, exc))
+            self.report.failures.append(CopyFailure.of(entry.src, exc, STEP_MKDIR))
             return
         self.dirs.append((dst, entry))
 
@@ -269,13 +284,13 @@ class CopyRun:
             self.fresh_dirs.add(entry.rel)
         except OSError as exc:
             self.blocked_dirs.add(entry.rel)
-            self.report.failures.append(CopyFailure.of(entry.src, exc))
+            self.report.failures.append(CopyFailure.of(entry.src, exc, STEP_COMPARE))
             return
         else:
             if not stat.S_ISDIR(st.st_mode):
                 self.blocked_dirs.add(entry.rel)
                 self.report.failures.append(CopyFailure(
-                    entry.src, None, f"destination {dst!r} exists and is not a directory"))
+                    entry.src, None, f"destination {dst!r} exists and is not a directory", STEP_MKDIR))
                 return
         self.dirs.append((dst, entry))
 
@@ -300,7 +315,7 @@ class CopyRun:
                 if self.config.fsync:
                     _fsync_path(dst)  # makes the renames into it durable
             except OSError as exc:
-                self.report.failures.append(CopyFailure.of(dst, exc))
+                self.report.failures.append(CopyFailure.of(dst, exc, STEP_METADATA))
 
     def _dir_up_to_date(self, dst: str, task: EntryTask) -> bool:
         """An existing directory whose mode, mtime (and owner, where kept) already match and
@@ -315,11 +330,16 @@ class CopyRun:
 
     # -- large files as byte ranges -----------------------------------------------------------------
     def start_split(self, task: EntryTask) -> None:
+        step = STEP_COMPARE
         try:
             found = judge_task(task, self.options)
-            if found == DST_SAME:
+            if found >= DST_SAME:  # DST_SAME or DST_ATTRS
                 self.report.skipped += 1
                 self.report.skipped_bytes += task.size
+                if found == DST_ATTRS:
+                    self.report.attributes += 1
+                    if self.config.record_changes:
+                        self.report.changes.append((ATTRIBUTES, task.dst))
                 self.progress.advance(task.size, 1)
                 return
             if self.options.link_dest and self.link_split(task, found):
@@ -329,11 +349,12 @@ class CopyRun:
                 self.report.bytes += task.size
                 self.progress.advance(task.size, 1)
                 return
+            step = STEP_CREATE
             with deferred():  # a signal cannot fall between creating it and knowing its name
                 fd, tmp = create_temp(task.dst, temp_mode(task.mode, shared_writes=True))
                 self.parent_temps.add(tmp)
         except OSError as exc:
-            self.report.failures.append(CopyFailure.of(task.src, exc))
+            self.report.failures.append(CopyFailure.of(task.src, exc, step))
             return
         try:
             os.ftruncate(fd, task.size)  # pre-sized: every range can be written in place
@@ -341,14 +362,14 @@ class CopyRun:
         except OSError as exc:
             os.close(fd)
             self.drop_temp(tmp)
-            self.report.failures.append(CopyFailure.of(task.src, exc))
+            self.report.failures.append(CopyFailure.of(task.src, exc, STEP_CREATE))
             return
         os.close(fd)
         try:
             segments = self.segments(task)
         except OSError as exc:
             self.drop_temp(tmp)
-            self.report.failures.append(CopyFailure.of(task.src, exc))
+            self.report.failures.append(CopyFailure.of(task.src, exc, STEP_CREATE))
             return
         # Only with a chunk size set (the default copies every file as one stream, see
         # config.DEFAULT_CHUNK_BYTES). Where copy_file_range works between the two files the ranges
@@ -397,18 +418,21 @@ class CopyRun:
     def finish_split(self, file_id: int) -> None:
         state = self.splits.pop(file_id)
         task = state.task
+        step = STEP_CHECK
         try:
             if state.failures:
                 raise ChangedError(state.failures[0].message)
             st = os.stat(task.src)
             if st.st_size != task.size or st.st_mtime_ns != task.mtime_ns:
                 raise ChangedError(f"file changed during copy (size {task.size} -> {st.st_size})")
+            step = STEP_METADATA
             if self.config.preserve_xattrs:
                 copy_xattrs(task.src, state.tmp, follow_symlinks=True)
             apply_metadata(state.tmp, task, self.preserve_owner, preserve_group=self.preserve_group,
                            times=self.config.preserve_times)
             if self.config.fsync:
                 _fsync_path(state.tmp)
+            step = STEP_RENAME
             if self.options.backup and state.replaces and back_up(task.dst, self.options):
                 self.report.backed_up += 1
             with deferred():
@@ -416,7 +440,7 @@ class CopyRun:
                 self.parent_temps.discard(state.tmp)
         except (OSError, ChangedError) as exc:
             self.drop_temp(state.tmp)
-            failure = state.failures[0] if state.failures else CopyFailure.of(task.src, exc)
+            failure = state.failures[0] if state.failures else CopyFailure.of(task.src, exc, step)
             self.report.failures.append(failure)
             return
         self.count_file(task.dst, task.size, state.replaces)
@@ -470,6 +494,7 @@ class CopyRun:
                 self.link_fallbacks += result.link_fallbacks
             self.report.skipped += result.skipped
             self.report.skipped_bytes += result.skipped_bytes
+            self.report.attributes += result.attributes
             self.report.failures.extend(result.failures)
             return
         state = self.splits[file_id]
@@ -486,7 +511,7 @@ class CopyRun:
             try:
                 self.make_link(link)
             except OSError as exc:
-                self.report.failures.append(CopyFailure.of(link.src, exc))
+                self.report.failures.append(CopyFailure.of(link.src, exc, STEP_LINK))
 
     def make_link(self, link: HardLink) -> None:
         dry_run = self.config.dry_run
@@ -533,7 +558,7 @@ class CopyRun:
         it with a new inode when it is not up to date, and the link then differs from it).
         link.src shares that inode in SRC, so its stat judges first_dst as well."""
         task = task_from_stat(link.src, link.first_dst, os.lstat(link.src), True)
-        return task is not None and judge_task(task, self.options) == DST_SAME
+        return task is not None and judge_task(task, self.options) >= DST_SAME
 
 
 def _fsync_path(path: str) -> None:

@@ -41,6 +41,8 @@ def pc_json(*args: str | Path) -> dict[str, Any]:
     data = json.loads(out)
     assert data["exit_code"] == code, err
     data["stderr"] = err
+    # The report's change records as --itemize lines ("ACTION PATH", paths relative to DST).
+    data["changes"] = [f"{c['action']} {c['path']}" for c in data.get("changes", [])]
     return data
 
 
