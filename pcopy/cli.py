@@ -225,6 +225,30 @@ def copy_command(
         "--group/--no-group", show_default=False,
         help="Set the group to SRC's (default when root; a user may set groups they belong "
              "to).")] = None,
+    link_dest: Annotated[Optional[list[str]], typer.Option(
+        "--link-dest", metavar="DIR", show_default=False,
+        help="Hard-link files unchanged against DIR (an earlier snapshot) instead of copying "
+             "them; repeatable (up to 20, first match wins); a relative DIR is relative to "
+             "DST.")] = None,
+    backup: Annotated[bool, typer.Option(
+        "-b", "--backup", help="Keep each DST file that is replaced or deleted: as NAME~ "
+                               "beside it, or under --backup-dir.")] = False,
+    backup_dir: Annotated[Optional[str], typer.Option(
+        "--backup-dir", metavar="DIR", show_default=False,
+        help="With --backup (implied): keep replaced/deleted files at DIR/<path> (relative: "
+             "to DST; must be on DST's file system).")] = None,
+    suffix: Annotated[Optional[str], typer.Option(
+        "--suffix", metavar="SUFFIX", show_default=False,
+        help="Backup suffix (default ~, or none with --backup-dir).")] = None,
+    bwlimit_rate: Annotated[Optional[str], typer.Option(
+        "--bwlimit", metavar="RATE", show_default=False,
+        help="Limit the whole run to RATE bytes per second, shared by all workers (e.g. 500K, "
+             "10M; a bare number is KiB/s; 0: no limit).")] = None,
+    partial: Annotated[bool, typer.Option(
+        "--partial", help="Keep an interrupted large file (hidden .NAME.pcopy-partial) and "
+                          "resume it on the next run.")] = False,
+    partial_progress: Annotated[bool, typer.Option(
+        "-P", help="Same as --partial --progress.")] = False,
     archive: Annotated[bool, typer.Option(
         "-a", "--archive", help="Accepted for rsync habits: pcopy always keeps what rsync -a "
                                 "keeps (and hard links, like -H).")] = False,
@@ -260,6 +284,10 @@ def copy_command(
                  else f"pcopy: {exc.strerror}: {exc.filename!r}")
             raise typer.Exit(EXIT_USAGE) from None
     root = hasattr(os, "geteuid") and os.geteuid() == 0
+    snapshot = _snapshot_options(link_dest, backup, backup_dir, suffix, bwlimit_rate,
+                                 partial or partial_progress)
+    if partial_progress and progress is None:
+        progress = True
     cpus = default_jobs()
     config = Config(
         jobs=min(jobs, MAX_JOBS_PER_CPU * cpus) if jobs is not None else cpus,
@@ -285,10 +313,28 @@ def copy_command(
         max_delete=max_delete,
         filters=filters,
         record_changes=itemize or log is not None or json_report or json_lines,
+        **snapshot,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not quiet)
     output = _Output(json_report, quiet, itemize, log, json_lines)
     raise typer.Exit(_run(src, dst, config, show_bar, output))
+
+
+def _snapshot_options(link_dest: list[str] | None, backup: bool, backup_dir: str | None,
+                      suffix: str | None, rate: str | None, partial: bool) -> dict[str, Any]:
+    """Config fields of the snapshot options (docs/backups.md); bad values exit 2."""
+    from pcopy.bwlimit import parse_rate
+    from pcopy.config import MAX_LINK_DEST
+
+    if link_dest and len(link_dest) > MAX_LINK_DEST:
+        raise typer.BadParameter(f"at most {MAX_LINK_DEST} directories", param_hint="--link-dest")
+    try:
+        bwlimit_bytes = parse_rate(rate) if rate is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--bwlimit") from None
+    return {"link_dest": tuple(link_dest or ()), "backup": backup or backup_dir is not None,
+            "backup_dir": backup_dir, "backup_suffix": suffix, "bwlimit_bytes": bwlimit_bytes,
+            "partial": partial}
 
 
 class _Output:
@@ -401,12 +447,15 @@ def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output) ->
         return output.refused(src, dst, exc)
     except CopyInterruptedError as exc:
         name = "SIGINT" if exc.exit_code == 130 else "SIGTERM"
-        message = f"interrupted by {name}; temporary files removed, files under final names are complete"
+        kept = "; partial files kept for the next --partial run" if config.partial else ""
+        message = f"interrupted by {name}; temporary files removed, files under final names are complete{kept}"
         _err(f"pcopy: {message}")
         return output.interrupted(src, dst, exc.exit_code, message)
     except OSError as exc:
         _err(f"pcopy: {exc.strerror or exc}: {exc.filename!r}" if exc.filename else f"pcopy: {exc}")
         return EXIT_FAILURES
+    for warning in report.warnings:
+        _err(f"pcopy: warning: {warning}")
     for failure in report.failures:
         _err(format_failure(failure))
     return output.show(report, target, src, dst)

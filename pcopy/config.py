@@ -36,6 +36,10 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 PROGRESS_INTERVAL_S = 0.1
 PROGRESS_BYTES = 8 * 1024 * 1024
 
+# rsync accepts up to 20 --link-dest/--compare-dest directories; each one costs an lstat per
+# file that is not up to date, so the limit also bounds that cost.
+MAX_LINK_DEST = 20
+
 
 class Compare(str, Enum):
     """How an existing DST file is judged up to date."""
@@ -91,6 +95,14 @@ class Config:
     batch_bytes: int = BATCH_BYTES
     # None: the platform's default start method; else "fork", "forkserver" or "spawn".
     start_method: str | None = None
+    # Snapshot backups (docs/backups.md). link_dest: directories whose unchanged files are
+    # hard-linked instead of copied (relative ones are resolved against DST, as rsync does).
+    link_dest: tuple[str, ...] = ()
+    backup: bool = False  # move each DST file that is replaced or deleted aside first
+    backup_dir: str | None = None  # ... into this directory (relative: to DST); None: beside it
+    backup_suffix: str | None = None  # None: "~" without backup_dir, "" with it (rsync)
+    bwlimit_bytes: int | None = None  # bytes per second for the whole run; None: no limit
+    partial: bool = False  # keep interrupted large files under a hidden name and resume them
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -103,6 +115,10 @@ class Config:
             raise ValueError("batch limits must be at least 1")
         if self.max_delete is not None and self.max_delete < 0:
             raise ValueError("max delete must be at least 0")
+        if len(self.link_dest) > MAX_LINK_DEST:
+            raise ValueError(f"at most {MAX_LINK_DEST} --link-dest directories")
+        if self.bwlimit_bytes is not None and self.bwlimit_bytes < 1:
+            raise ValueError("bandwidth limit must be at least 1 byte per second")
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)

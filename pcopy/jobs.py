@@ -42,6 +42,15 @@ class CopyOptions(NamedTuple):
     dry_run: bool = False
     record_changes: bool = False  # JobResult.changes lists each copied/replaced destination
     plain: bool = True
+    # Snapshot backups (docs/backups.md); any of them makes `plain` False.
+    dst_root: str = ""  # DST (a tree's root, a single file's directory): relative paths below it
+    link_dest: tuple[str, ...] = ()  # absolute directories, checked in order
+    backup: bool = False
+    backup_dir: str = ""  # absolute; "" with backup: beside the file, NAME + backup_suffix
+    backup_suffix: str = "~"
+    bwlimit_bytes: int = 0  # 0: no limit
+    bwlimit_path: str = ""  # the run's shared byte counters (pcopy.bwlimit)
+    partial: bool = False
 
 
 # CopyOptions.compare values (ints: compared once per file in the workers).
@@ -58,6 +67,7 @@ DST_SAME = 2  # up to date (or must not be replaced): skipped
 COPIED = "copied"
 REPLACED = "replaced"
 DELETED = "deleted"
+HARDLINKED = "hardlinked"  # --link-dest: linked from an earlier snapshot instead of copied
 # An up-to-date entry whose permissions or times were set on DST (no content copied): rsync's
 # `.f...p.....` lines.
 ATTRIBUTES = "attributes"
@@ -192,4 +202,10 @@ class JobResult:
     # (action, dst) of each copied/replaced entry; None unless CopyOptions.record_changes, so
     # the default path builds no per-file list.
     changes: list[tuple[str, str]] | None = None
+    hardlinked: int = 0  # --link-dest: entries linked instead of copied (not in `files`)
+    hardlinked_bytes: int = 0
+    backed_up: int = 0  # --backup: DST entries moved aside before they were replaced
+    resumed: int = 0  # --partial: files continued from an interrupted copy
+    resumed_bytes: int = 0  # bytes those files did not copy again
+    link_fallbacks: int = 0  # --link-dest matches the file system would not link: copied
     attributes: int = 0  # of skipped: entries whose permissions or times were set (DST_ATTRS)

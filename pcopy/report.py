@@ -64,6 +64,14 @@ class CopyReport:
     # (action, dst path) per copied/replaced/deleted/attributes entry; only filled when asked
     # for (Config.record_changes), so the default run keeps no per-file list.
     changes: list[tuple[str, str]] = field(default_factory=list)
+    # Snapshot backups (docs/backups.md). Hard-linked entries (--link-dest) are not in `files`:
+    # nothing was copied for them; hardlinked_bytes is what they would have cost.
+    hardlinked: int = 0
+    hardlinked_bytes: int = 0
+    backed_up: int = 0  # --backup: DST entries kept aside before being replaced or deleted
+    resumed: int = 0  # --partial: files continued from an interrupted run
+    resumed_bytes: int = 0  # bytes those did not copy again (not in `bytes`)
+    warnings: list[str] = field(default_factory=list)  # one line each, said once per run
     # Of skipped: up-to-date entries whose permissions or times were set on DST.
     attributes: int = 0
 
@@ -101,6 +109,12 @@ class CopyReport:
             "delete_limited": self.delete_limited,
             "delete_skipped": self.delete_skipped,
             "dry_run": self.dry_run,
+            "hardlinked": self.hardlinked,
+            "hardlinked_bytes": self.hardlinked_bytes,
+            "backed_up": self.backed_up,
+            "resumed": self.resumed,
+            "resumed_bytes": self.resumed_bytes,
+            "warnings": [escape(w) for w in self.warnings],
             "failed": self.failed,
             "seconds": round(self.seconds, 6),
             "exit_code": self.exit_code,
@@ -129,6 +143,12 @@ class CopyReport:
         )
         if self.replaced:
             line += f", replaced {self.replaced}"
+        if self.hardlinked:
+            line += f", hardlinked {self.hardlinked}"
+        if self.backed_up:
+            line += f", backed up {self.backed_up}"
+        if self.resumed:
+            line += f", resumed {self.resumed} ({format_bytes(self.resumed_bytes)} kept)"
         if self.attributes:
             line += f", attributes set {self.attributes}"
         if self.deleted or self.delete_limited:

@@ -31,18 +31,25 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
+from pcopy import bwlimit
+from pcopy.backup import back_up, mirror_rules
+from pcopy.backup import prepare as prepare_backups
 from pcopy.config import Config
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.fastcopy import copy_file_range_works, data_segments
 from pcopy.interrupts import deferred, signals_raise
 from pcopy.jobs import (
     ATTRIBUTES,
+    COMPARE_ALWAYS,
     COPIED,
     DELETED,
     DST_ATTRS,
     DST_DIFFERS,
+    DST_MISSING,
     DST_SAME,
+    HARDLINKED,
     REPLACED,
     STEP_CHECK,
     STEP_COMPARE,
@@ -61,6 +68,7 @@ from pcopy.jobs import (
     Kind,
     RangeJob,
 )
+from pcopy.linkdest import find_link, link_into_place
 from pcopy.metadata import (
     apply_metadata,
     copy_xattrs,
@@ -102,14 +110,25 @@ class CopyRun:
     """The state of one copy: what the parent knows and must finish. Callers that walk
     themselves (pcopy.copytree) drive it with run(feed), calling plan() from feed."""
 
-    def __init__(self, config: Config, progress: ProgressSink) -> None:
+    def __init__(self, config: Config, progress: ProgressSink, target: Target | None = None) -> None:
+        """target (optional) lets the snapshot options (--link-dest, --backup-dir) be resolved
+        against DST; it may raise RefusedError (exit 2) before anything is written."""
         self.config = config
         self.progress = progress
         self.report = CopyReport()
         root = hasattr(os, "geteuid") and os.geteuid() == 0
         self.preserve_owner = root if config.preserve_owner is None else config.preserve_owner
         self.preserve_group = self.preserve_owner if config.preserve_group is None else config.preserve_group
-        self.options: CopyOptions = options_for(config, self.preserve_owner, self.preserve_group)
+        snapshot: dict[str, Any] = {}
+        if target is not None:
+            prepared = prepare_backups(target, config)
+            self.report.warnings.extend(prepared.warnings)
+            snapshot = {"dst_root": prepared.dst_root, "link_dest": prepared.link_dest,
+                        "backup_dir": prepared.backup_dir}
+        # --bwlimit: the run's shared byte counters (pcopy.bwlimit), removed at the end of run().
+        self.bwlimit_path = bwlimit.create(config.bwlimit_bytes) if config.bwlimit_bytes else ""
+        self.options: CopyOptions = options_for(config, self.preserve_owner, self.preserve_group,
+                                                bwlimit_path=self.bwlimit_path, **snapshot)
         self.report.dry_run = config.dry_run
         # A later name of a hard-linked inode: its bytes were found with each name, copied once.
         self.planner = Planner(config, self.options, on_link=lambda nbytes: progress.add_found(0, -nbytes))
@@ -125,6 +144,7 @@ class CopyRun:
         # planned from the main loop, never from inside a result handler (no re-entrant submits).
         self.followups: deque[EntryTask] = deque()
         self.mirror_target: Target | None = None  # --delete: run mirror() for it after the copy
+        self.link_fallbacks = 0  # --link-dest: matches the file system would not link
         self.executor = Executor(config, progress.active, self.on_result, self.on_progress, self.clean_after)
 
     # -- driving --------------------------------------------------------------------------------
@@ -142,9 +162,15 @@ class CopyRun:
             finally:
                 self.executor.close(terminate=not ok)
                 self.progress.close()
+                if self.bwlimit_path:
+                    bwlimit.remove(self.bwlimit_path)
+            if self.link_fallbacks:
+                self.report.warnings.append(
+                    f"{self.link_fallbacks} unchanged entries could not be hard-linked from --link-dest "
+                    "(another device, too many links, or no hard links there): copied instead")
             if self.mirror_target is not None:
                 # Before directory metadata: removing entries changes their directories' mtimes.
-                mirror(self.mirror_target, self.config, self.report)
+                mirror(self.mirror_target, self.config, self.report, self.options)
             self.finish_dirs()
         except BaseException:  # interrupted (or a bug): no temporary file of ours stays behind
             self.remove_parent_temps()
@@ -245,9 +271,10 @@ class CopyRun:
                 self.report.failures.append(CopyFailure(
                     entry.src, None, f"destination {dst!r} exists and is not a directory", STEP_MKDIR))
                 return
-            # An existing directory may hold temporary files of a run that was killed.
+            # An existing directory may hold temporary files of a run that was killed (and
+            # partial files, which only a run with --partial continues: others clear them).
             with suppress(OSError):
-                remove_leftovers(dst)
+                remove_leftovers(dst, keep_partial=self.config.partial)
         except OSError as exc:
             if parents:  # the DST root: nothing was written, nothing could be (exit 2)
                 raise dst_refused(dst, exc) from exc
@@ -322,6 +349,8 @@ class CopyRun:
                 self.progress.advance(task.size, 1)
                 self.progress.add_skipped(1, task.size)
                 return
+            if self.options.link_dest and self.link_split(task, found):
+                return
             if self.config.dry_run:  # counted as one file, as a real run reports it
                 self.count_file(task.dst, task.size, found == DST_DIFFERS)
                 self.report.bytes += task.size
@@ -367,6 +396,23 @@ class CopyRun:
             self.range_owner[job.job_id] = file_id
             self.executor.submit(job)
 
+    def link_split(self, task: EntryTask, found: int) -> bool:
+        """--link-dest for a file too large for one job: linked here, or False (copy it)."""
+        if self.options.compare == COMPARE_ALWAYS:
+            return False
+        candidate = find_link(task, self.options)
+        if candidate is None:
+            return False
+        if not self.config.dry_run and not link_into_place(candidate, task, self.options,
+                                                            missing=found == DST_MISSING):
+            self.link_fallbacks += 1
+            return False
+        self.on_result(JobResult(-1, hardlinked=1, hardlinked_bytes=task.size,
+                                 backed_up=int(self.options.backup and found == DST_DIFFERS),
+                                 changes=[(HARDLINKED, task.dst)] if self.config.record_changes else None))
+        self.progress.advance(task.size, 1)
+        return True
+
     def segments(self, task: EntryTask) -> list[tuple[int, int]]:
         if not task.sparse:
             return [(0, task.size)]
@@ -394,6 +440,8 @@ class CopyRun:
             if self.config.fsync:
                 _fsync_path(state.tmp)
             step = STEP_RENAME
+            if self.options.backup and state.replaces and back_up(task.dst, self.options):
+                self.report.backed_up += 1
             with deferred():
                 os.replace(state.tmp, task.dst)
                 self.parent_temps.discard(state.tmp)
@@ -444,6 +492,13 @@ class CopyRun:
             self.report.replaced_bytes += result.replaced_bytes
             if result.changes:
                 self.report.changes.extend(result.changes)
+            if result.hardlinked or result.backed_up or result.resumed or result.link_fallbacks:
+                self.report.hardlinked += result.hardlinked
+                self.report.hardlinked_bytes += result.hardlinked_bytes
+                self.report.backed_up += result.backed_up
+                self.report.resumed += result.resumed
+                self.report.resumed_bytes += result.resumed_bytes
+                self.link_fallbacks += result.link_fallbacks
             self.report.skipped += result.skipped
             self.report.skipped_bytes += result.skipped_bytes
             self.report.attributes += result.attributes
@@ -498,12 +553,16 @@ class CopyRun:
                 os.link(link.first_dst, tmp)
                 self.parent_temps.add(tmp)
             try:
+                if current is not None and self.options.backup:
+                    back_up(link.dst, self.options)
                 with deferred():
                     os.replace(tmp, link.dst)
                     self.parent_temps.discard(tmp)
             except OSError:
                 self.drop_temp(tmp)
                 raise
+        if current is not None and self.options.backup:
+            self.report.backed_up += 1
         self.count_file(link.dst, 0, current is not None)
 
     def first_kept(self, link: HardLink) -> bool:
@@ -534,7 +593,7 @@ def _remove(path: str) -> None:
 def run_copy(target: Target, config: Config, progress: ProgressSink | None = None) -> CopyReport:
     """Copy target.src to target.dst with config. Per-entry failures are in the report; raises
     CopyInterruptedError on SIGINT/SIGTERM after cleaning up."""
-    run = CopyRun(config, progress or NullProgress())
+    run = CopyRun(config, progress or NullProgress(), target)
     feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
     if config.delete and target.src_kind is Kind.DIR:
         run.mirror_target = target
@@ -542,20 +601,26 @@ def run_copy(target: Target, config: Config, progress: ProgressSink | None = Non
         return run.run(lambda: feed(target))
 
 
-def mirror(target: Target, config: Config, report: CopyReport) -> None:
+def mirror(target: Target, config: Config, report: CopyReport, options: CopyOptions | None = None) -> None:
     """--delete, after the copy: only when it had no failures (or --delete-anyway), since a
-    source entry that could not be read would otherwise look deleted and its backup go too."""
+    source entry that could not be read would otherwise look deleted and its backup go too.
+    With --backup (options), deleted files are moved to their backup paths instead."""
     from pcopy.mirror import delete_extraneous  # only --delete needs it
 
+    backup_to, keep = None, None
+    if options is not None and (options.backup or config.partial):
+        backup_to, keep = mirror_rules(options, config.partial)
     if report.failures and not config.delete_after_failures:
         report.delete_skipped = True
         return
     result = delete_extraneous(target.src, target.dst, filters=config.filters,
-                               max_delete=config.max_delete, dry_run=config.dry_run)
+                               max_delete=config.max_delete, dry_run=config.dry_run,
+                               backup_to=backup_to, keep=keep)
     report.failures.extend(result.failures)
     if result.limited:
         report.delete_limited = True
         return
     report.deleted = len(result.deleted)
+    report.backed_up += result.backed_up
     if config.record_changes:
         report.changes.extend((DELETED, path) for path in result.deleted)

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from pcopy import bwlimit
+from pcopy.backup import back_up
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
 from pcopy.errors import WorkerStop
 from pcopy.fastcopy import copy_positional, copy_range, data_segments, digest_range, is_sparse
@@ -23,6 +25,7 @@ from pcopy.jobs import (
     DST_DIFFERS,
     DST_MISSING,
     DST_SAME,
+    HARDLINKED,
     REPLACED,
     STEP_CHECK,
     STEP_COMPARE,
@@ -44,6 +47,7 @@ from pcopy.jobs import (
     RangeJob,
     tag_step,
 )
+from pcopy.linkdest import find_link, link_into_place
 from pcopy.metadata import (
     O_BINARY,
     O_CLOEXEC,
@@ -59,6 +63,7 @@ from pcopy.metadata import (
     temp_mode,
     temp_path,
 )
+from pcopy.partial import open_partial, resumable
 from pcopy.walk import kind_of
 
 
@@ -196,15 +201,107 @@ def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, res
         if state >= DST_SAME:  # DST_SAME or DST_ATTRS
             _count_skipped(result, task.size, on_bytes, task.dst if state == DST_ATTRS else None)
             return
+        if options.link_dest and options.compare != COMPARE_ALWAYS and _link_from_dest(task, options, state, result):
+            on_bytes(task.size)
+            return
+        if options.backup and state != DST_DIFFERS:
+            # Nothing of the user's is there to keep: only what a worker of this run that died
+            # wrote (a retried job judges a directory it created as empty, see check_dst).
+            options = options._replace(backup=False)
         step = STEP_COPY  # copy_entry tags its other steps
         if options.dry_run:
             copied = task.size  # what a real run would copy; nothing is opened for writing
             on_bytes(copied)
+        elif options.partial and resumable(task):
+            copied = _copy_resumable(task, options, on_bytes, result)
         else:
             copied = copy_entry(task, options, on_bytes, dst_dir)
+        if options.backup and state == DST_DIFFERS:
+            result.backed_up += 1
         _count_copied(result, task.dst, copied, state == DST_DIFFERS)
     except (OSError, ChangedError) as exc:
         result.failures.append(CopyFailure.of(task.src, exc, step))
+
+
+def _link_from_dest(task: EntryTask, options: CopyOptions, state: int, result: JobResult) -> bool:
+    """--link-dest: link task.dst to an unchanged earlier copy; False: it must be copied."""
+    if task.kind is not Kind.FILE and task.kind is not Kind.SYMLINK:
+        return False
+    candidate = find_link(task, options)
+    if candidate is None:
+        return False
+    if not options.dry_run and not link_into_place(candidate, task, options, missing=state == DST_MISSING):
+        result.link_fallbacks += 1
+        return False
+    result.hardlinked += 1
+    result.hardlinked_bytes += task.size
+    if options.backup and state == DST_DIFFERS:
+        result.backed_up += 1
+    if result.changes is not None:
+        result.changes.append((HARDLINKED, task.dst))
+    return True
+
+
+def _copy_span(src_fd: int, dst_fd: int, offset: int, length: int | None, options: CopyOptions,
+               on_bytes: Callable[[int], None], devices: tuple[int, int] | None = None,
+               dst_at_offset: bool = False, use_fast_paths: bool | None = None) -> int:
+    """copy_range, in slices paced by the run's shared budget when --bwlimit is set."""
+    fast = options.use_fast_paths if use_fast_paths is None else use_fast_paths
+    if not options.bwlimit_bytes or length is None:
+        return copy_range(src_fd, dst_fd, offset, length, use_fast_paths=fast,
+                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices,
+                          dst_at_offset=dst_at_offset)
+    throttle = bwlimit.attach(options.bwlimit_path)
+    done = 0
+    while done < length:
+        want = min(throttle.slice_bytes, length - done)
+        got = copy_range(src_fd, dst_fd, offset + done, want, use_fast_paths=fast,
+                         buffer_bytes=min(options.buffer_bytes, throttle.slice_bytes),
+                         on_bytes=on_bytes, devices=devices)
+        done += got
+        throttle.spend(got)
+        if got < want:
+            break  # the source ended early: the caller's checks decide
+    return done
+
+
+def _copy_resumable(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], None],
+                    result: JobResult) -> int:
+    """--partial: copy into the file's partial name, continuing what an interrupted run wrote
+    there when the source is provably the same (pcopy.partial), then rename it into place.
+    An interruption or an I/O error keeps the partial file for the next run; a source that
+    changed, or a copy --verify rejects, removes it. Returns the bytes copied in this run."""
+    src_flags = os.O_RDONLY | O_BINARY | O_CLOEXEC | (0 if options.dereference else O_NOFOLLOW)
+    src_fd = os.open(task.src, src_flags)
+    try:
+        dst_fd, path, offset = open_partial(src_fd, task)
+        try:
+            try:
+                if offset:
+                    result.resumed += 1
+                    result.resumed_bytes += offset
+                    on_bytes(offset)
+                copied = _copy_span(src_fd, dst_fd, offset, task.size - offset, options, on_bytes)
+                _check_unchanged(src_fd, task.size, task.mtime_ns, offset + copied, sparse=False)
+                if options.verify:
+                    check_same(src_fd, dst_fd, 0, None)
+                if options.preserve_xattrs:
+                    copy_xattrs(task.src, dst_fd, follow_symlinks=options.dereference)
+                if options.fsync:
+                    os.fsync(dst_fd)
+                apply_metadata(path, task, options.preserve_owner, fd=dst_fd,
+                               preserve_group=options.preserve_group, times=options.preserve_times)
+            finally:
+                os.close(dst_fd)
+            if options.backup:
+                back_up(task.dst, options)
+            os.replace(path, task.dst)
+        except ChangedError:
+            _remove(path)  # written from another version of the source: worthless
+            raise
+    finally:
+        os.close(src_fd)
+    return copied
 
 
 def _count_skipped(result: JobResult, size: int, on_bytes: Callable[[int], None],
@@ -488,8 +585,10 @@ def judge(task: EntryTask, options: CopyOptions) -> int:
         return DST_SAME  # --no-clobber: whatever is there stays, a directory included
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(21, "cannot overwrite directory with non-directory", task.dst)
-    if options.update_only and st.st_mtime_ns > task.mtime_ns:
-        return DST_SAME  # --update: the destination is newer, keep it
+    if options.update_only and st.st_mtime_ns > task.mtime_ns and _same_type(task.kind, st.st_mode):
+        # --update: the destination is newer, keep it; an entry of another type is replaced
+        # whatever its time, as rsync does (a newer DST symlink where SRC has a file).
+        return DST_SAME
     if options.compare == COMPARE_ALWAYS:
         return DST_DIFFERS
     if task.kind is Kind.FILE:
@@ -518,6 +617,10 @@ def judge(task: EntryTask, options: CopyOptions) -> int:
                 changed = _sync_mode(task.dst, task.mode, st) or changed
         return DST_ATTRS if changed else DST_SAME
     return DST_SAME if _same_symlink(task, st) else DST_DIFFERS
+
+
+def _same_type(kind: Kind, mode: int) -> bool:
+    return kind_of(mode) is kind
 
 
 def same_content(task: EntryTask, options: CopyOptions) -> bool:
@@ -552,6 +655,8 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
             apply_metadata(tmp, task, options.preserve_owner, preserve_group=options.preserve_group,
                            times=options.preserve_times)
             step = STEP_RENAME
+            if options.backup:
+                back_up(task.dst, options)
             os.replace(tmp, task.dst)
         except BaseException as exc:
             tag_step(exc, step)
@@ -601,6 +706,8 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
             finally:
                 os.close(dst_fd)
             step = STEP_RENAME
+            if options.backup:
+                back_up(task.dst, options)
             os.replace(tmp, task.dst)
         except BaseException:
             _remove(tmp)
@@ -628,16 +735,13 @@ def _copy_whole(src_fd: int, dst_fd: int, task: EntryTask, options: CopyOptions,
     if not task.sparse:
         # The size the stat saw bounds the copy (no extra call to find EOF: growth is caught by
         # _check_unchanged); a file that says 0 bytes may still have content (procfs): read it.
-        return copy_range(src_fd, dst_fd, 0, task.size or None,
-                          use_fast_paths=options.use_fast_paths and task.size > 0,
-                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices,
-                          dst_at_offset=True)
+        return _copy_span(src_fd, dst_fd, 0, task.size or None, options, on_bytes, devices,
+                          dst_at_offset=True, use_fast_paths=options.use_fast_paths and task.size > 0)
     # Holes stay holes: size the file first, then copy only the data segments.
     os.ftruncate(dst_fd, task.size)
     copied = 0
     for offset, length in data_segments(src_fd, 0, task.size):
-        copied += copy_range(src_fd, dst_fd, offset, length, use_fast_paths=options.use_fast_paths,
-                             buffer_bytes=options.buffer_bytes, on_bytes=on_bytes)
+        copied += _copy_span(src_fd, dst_fd, offset, length, options, on_bytes)
     return copied
 
 
@@ -657,11 +761,10 @@ def _run_range(job: RangeJob, progress: _Progress | None) -> JobResult:
                 segments = (data_segments(src_fd, job.offset, end) if job.sparse
                             else [(job.offset, job.length)])
                 for offset, length in segments:
-                    if opts.use_fast_paths and not job.in_kernel:
+                    if opts.use_fast_paths and not job.in_kernel and not opts.bwlimit_bytes:
                         copied = copy_positional(src_fd, dst_fd, offset, length, on_bytes)
                     else:
-                        copied = copy_range(src_fd, dst_fd, offset, length, use_fast_paths=opts.use_fast_paths,
-                                            buffer_bytes=opts.buffer_bytes, on_bytes=on_bytes)
+                        copied = _copy_span(src_fd, dst_fd, offset, length, opts, on_bytes)
                     if copied != length:
                         step = STEP_CHECK
                         raise ChangedError("file shrank during copy")
