@@ -41,5 +41,7 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(PY) benchmarks/bench.py --full
 
+## make clean: everything generated (the venv, demo and benchmark trees, build output, caches);
+## tracked benchmark results stay
 clean:
-	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) demo benchmarks/work build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

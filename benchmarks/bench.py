@@ -13,8 +13,9 @@ reported as notes, see Tool.unpreserved). Wall time covers the whole command, in
 included. Memory is polled from /proc: the parent's VmHWM and the peak sum of VmRSS over the
 process tree.
 
-Writes benchmarks/RESULTS.md (tables, pass/fail lines for pcopy's speed targets, the machine),
-benchmarks/results/results.json (every run) and benchmarks/results/chart.png.
+Writes RESULTS.md (tables, pass/fail lines for pcopy's speed targets, the machine), results.json
+(every run) and chart.png into benchmarks/work/results/ (untracked); with --publish, into the
+tracked benchmarks/RESULTS.md and benchmarks/results/, which the README quotes.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ from sample_tree import describe, make_tree  # noqa: E402  (a sibling script, no
 MIB = 1024 * 1024
 WORK = HERE / "work"
 SRC_ROOT = WORK / "src"
-DEFAULT_OUT = HERE / "results"
-DEFAULT_MARKDOWN = HERE / "RESULTS.md"
+# Where a run's results go: an untracked place, unless --publish (the tracked files the docs quote).
+DEFAULT_OUT = WORK / "results"
+DEFAULT_MARKDOWN = WORK / "results" / "RESULTS.md"
+PUBLISH_OUT = HERE / "results"
+PUBLISH_MARKDOWN = HERE / "RESULTS.md"
 PYTHON = sys.executable
 BIN_DIR = Path(sys.executable).parent
 
@@ -859,11 +863,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="timed rounds (quick 2, full 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     parser.add_argument("--scale-sizes", default=None, help="comma list of file counts for scale")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results.json and chart.png go")
-    parser.add_argument("--markdown", type=Path, default=DEFAULT_MARKDOWN, help="the results table")
+    parser.add_argument("--publish", action="store_true",
+                        help=f"write the tracked results ({PUBLISH_MARKDOWN.relative_to(HERE.parent)}, "
+                             f"{PUBLISH_OUT.relative_to(HERE.parent)}/) instead of "
+                             f"{DEFAULT_OUT.relative_to(HERE.parent)}/")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where results.json and chart.png go (overrides --publish)")
+    parser.add_argument("--markdown", type=Path, default=None, help="the results table (overrides --publish)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get/pip install missing peers or matplotlib")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = PUBLISH_OUT if args.publish else DEFAULT_OUT
+    if args.markdown is None:
+        args.markdown = PUBLISH_MARKDOWN if args.publish else DEFAULT_MARKDOWN
+    return args
 
 
 def _split(text: str) -> list[str]:
@@ -964,6 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = summarise(runs, sizes, missing, [p for p in plan if p[0].name in sizes])
     verdicts = check_targets(summaries, target_names, chosen)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
     chart = make_chart(summaries, args.out / "chart.png")
     chart_rel = os.path.relpath(chart, args.markdown.parent) if chart else None
     text = markdown(machine, config, summaries, verdicts, versions, chart_rel)

@@ -53,7 +53,12 @@ def copy(
     Per-entry failures are in ``report.failures`` (check ``report.exit_code``); refused input
     raises :class:`pcopy.RefusedError`; SIGINT/SIGTERM raise :class:`pcopy.CopyInterruptedError`
     after temporary files are removed. ``progress`` is called as
-    ``progress(bytes_done, bytes_total, files_done)`` from the calling thread.
+    ``progress(bytes_done, bytes_total, files_done)`` from the calling thread, after each batch
+    of worker reports: bytes_total grows while the tree is being read, counts a hard-linked
+    inode's bytes once, and up-to-date files count as done, so after a copy without failures the
+    last call has bytes_done == bytes_total (docs/progress.md). ``progress`` may instead be a
+    ``pcopy.progress.ProgressSink``, which also learns file totals, skipped files and when the
+    count is final.
 
     The backup options mirror the CLI's: ``checksum`` (-c), ``ignore_times`` (-I), ``update``
     (-u), ``no_clobber``, ``delete``/``delete_anyway``/``max_delete`` (``report.exit_code`` is 3
@@ -108,6 +113,9 @@ def copy(
         raise RefusedError("--delete needs SRC to be a directory")
     sink: ProgressSink | None
     sink = progress if progress is None or isinstance(progress, ProgressSink) else CallbackProgress(progress)
+    if isinstance(sink, CallbackProgress) and not callable(progress):  # e.g. a sink of an older protocol
+        raise TypeError("progress must be a callable (bytes_done, bytes_total, files_done) "
+                        "or a pcopy.progress.ProgressSink")
     if config.engine is Engine.RAY:
         from pcopy.raypool import ray_session
 

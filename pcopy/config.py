@@ -36,6 +36,10 @@ DEFAULT_BUFFER_BYTES = 1024 * 1024
 PROGRESS_INTERVAL_S = 0.1
 PROGRESS_BYTES = 8 * 1024 * 1024
 
+# rsync accepts up to 20 --link-dest/--compare-dest directories; each one costs an lstat per
+# file that is not up to date, so the limit also bounds that cost.
+MAX_LINK_DEST = 20
+
 
 class Compare(str, Enum):
     """How an existing DST file is judged up to date."""
@@ -98,6 +102,14 @@ class Config:
     batch_bytes: int = BATCH_BYTES
     # None: the platform's default start method; else "fork", "forkserver" or "spawn".
     start_method: str | None = None
+    # Snapshot backups (docs/backups.md). link_dest: directories whose unchanged files are
+    # hard-linked instead of copied (relative ones are resolved against DST, as rsync does).
+    link_dest: tuple[str, ...] = ()
+    backup: bool = False  # move each DST file that is replaced or deleted aside first
+    backup_dir: str | None = None  # ... into this directory (relative: to DST); None: beside it
+    backup_suffix: str | None = None  # None: "~" without backup_dir, "" with it (rsync)
+    bwlimit_bytes: int | None = None  # bytes per second for the whole run; None: no limit
+    partial: bool = False  # keep interrupted large files under a hidden name and resume them
     engine: Engine = Engine.LOCAL
     # Ray's address (--ray-address); None: Ray's own convention (RAY_ADDRESS, then a cluster
     # started with `ray start` on this machine, else a new local Ray). Only with Engine.RAY.
@@ -114,18 +126,27 @@ class Config:
             raise ValueError("batch limits must be at least 1")
         if self.max_delete is not None and self.max_delete < 0:
             raise ValueError("max delete must be at least 0")
+        if len(self.link_dest) > MAX_LINK_DEST:
+            raise ValueError(f"at most {MAX_LINK_DEST} --link-dest directories")
+        if self.bwlimit_bytes is not None and self.bwlimit_bytes < 1:
+            raise ValueError("bandwidth limit must be at least 1 byte per second")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    """Parse '1048576', '64K', '8M', '1G' (binary units, as cp and rsync read them)."""
+    """Parse '1048576', '64K', '8M', '1G', '1.5G' (binary units, as cp and rsync read them; a
+    fraction must come to a whole number of bytes)."""
+    from fractions import Fraction
+
     match = _SIZE_RE.match(text)
     if not match:
-        raise ValueError(f"invalid size {text!r} (use e.g. 1048576, 64K, 8M, 1G)")
-    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+        raise ValueError(f"invalid size {text!r} (use e.g. 1048576, 64K, 8M, 1.5G)")
+    value = Fraction(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    if value.denominator != 1:
+        raise ValueError(f"size {text!r} is not a whole number of bytes")
     if value < 1:
         raise ValueError(f"size must be at least 1 byte, got {text!r}")
-    return value
+    return int(value)

@@ -96,7 +96,7 @@ def _init_manager(parent: int) -> None:
 
 class Executor:
     def __init__(self, config: Config, want_progress: bool, on_result: Callable[[JobResult], None],
-                 on_progress: Callable[[int, int, int], None],
+                 on_progress: Callable[[int, int, int, int], None],
                  on_abandoned: Callable[[list[Job]], None] = lambda jobs: None) -> None:
         """on_abandoned(jobs) is called once the workers that ran jobs are gone for good without
         finishing them (killed, or terminated), so their leftovers can be cleaned up."""
@@ -107,7 +107,9 @@ class Executor:
         self.on_progress = on_progress
         # Results are delivered by pool.poll (in this thread) and handled in wait, one by one.
         self.results: deque[JobResult] = deque()
-        self.inline_progress: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
+        # Jobs run inline (-j 1, small trees) report straight to on_progress as they go (a
+        # large file shows its bytes moving, not 0 % until it ends).
+        self.inline_progress = _DirectProgress(on_progress)
         self.progress_queue: Any = None
         self.ctx: Any = None
         self.pool: WorkerPool | None = None
@@ -216,22 +218,23 @@ class Executor:
             block = False
 
     def _drain_progress(self) -> None:
-        source = self.progress_queue if self.pool is not None else self.inline_progress
-        if source is None:
+        source = self.progress_queue
+        if source is None or self.pool is None:
             return
-        nbytes = files = found = 0
+        nbytes = files = found = sized = 0
         try:
             while True:
-                b, f, t = source.get_nowait()
+                b, f, t, s = source.get_nowait()
                 nbytes += b
                 files += f
                 found += t
+                sized += s
         except queue.Empty:
             pass
         except Exception:  # the Manager died: that costs the bar, never the copy
             self.progress_queue = None
-        if nbytes or files or found:
-            self.on_progress(nbytes, files, found)
+        if nbytes or files or found or sized:
+            self.on_progress(nbytes, files, found, sized)
 
     def _lost(self, calls: list[Call], culprit: Call | None) -> None:
         """A worker died with these calls unanswered (the pool has replaced it already)."""
@@ -292,6 +295,13 @@ class Executor:
             manager, self.manager = self.manager, None
             self.progress_queue = None
             _stop_manager(manager)
+
+
+class _DirectProgress:
+    """The progress channel of jobs run in the parent: a put is a call."""
+
+    def __init__(self, on_progress: Callable[[int, int, int, int], None]) -> None:
+        self.put = lambda item: on_progress(*item)
 
 
 def _stop_manager(manager: Any) -> None:

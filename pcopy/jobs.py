@@ -42,6 +42,15 @@ class CopyOptions(NamedTuple):
     dry_run: bool = False
     record_changes: bool = False  # JobResult.changes lists each copied/replaced destination
     plain: bool = True
+    # Snapshot backups (docs/backups.md); any of them makes `plain` False.
+    dst_root: str = ""  # DST (a tree's root, a single file's directory): relative paths below it
+    link_dest: tuple[str, ...] = ()  # absolute directories, checked in order
+    backup: bool = False
+    backup_dir: str = ""  # absolute; "" with backup: beside the file, NAME + backup_suffix
+    backup_suffix: str = "~"
+    bwlimit_bytes: int = 0  # 0: no limit
+    bwlimit_path: str = ""  # the run's shared byte counters (pcopy.bwlimit)
+    partial: bool = False
 
 
 # CopyOptions.compare values (ints: compared once per file in the workers).
@@ -58,6 +67,28 @@ DST_SAME = 2  # up to date (or must not be replaced): skipped
 COPIED = "copied"
 REPLACED = "replaced"
 DELETED = "deleted"
+HARDLINKED = "hardlinked"  # --link-dest: linked from an earlier snapshot instead of copied
+# An up-to-date entry whose permissions or times were set on DST (no content copied): rsync's
+# `.f...p.....` lines.
+ATTRIBUTES = "attributes"
+DST_ATTRS = 3  # dst_state/judge: up to date once its attributes were set (counted as skipped)
+
+# CopyFailure.step: what was being done when an entry failed. Plain strings so the record stays
+# plain picklable data; the JSON report carries them (docs/json.md lists them).
+STEP_WALK = "walk"  # listing a SRC directory
+STEP_STAT = "stat"  # reading a SRC entry's attributes
+STEP_COMPARE = "compare"  # looking at what DST already has (quick check, --checksum digests)
+STEP_OPEN = "open"  # opening the SRC file
+STEP_MKDIR = "mkdir"  # creating a DST directory
+STEP_CREATE = "create"  # creating the temporary DST entry (file, symlink, FIFO, device)
+STEP_COPY = "copy"  # moving the bytes
+STEP_CHECK = "check"  # SRC changed while it was copied, or --verify found a difference
+STEP_METADATA = "metadata"  # mode, owner, times, extended attributes
+STEP_FSYNC = "fsync"
+STEP_RENAME = "rename"  # the temporary entry renamed over the final name
+STEP_LINK = "link"  # a later name of a hard-linked file
+STEP_DELETE = "delete"  # --delete
+STEP_OTHER = "other"  # recorded without a step
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass' __init__ costs ~2x, once per file
@@ -128,18 +159,33 @@ Job = BatchJob | DirJob | RangeJob
 
 
 class CopyFailure(NamedTuple):
-    """An entry that could not be copied. errno is None when the failure has no OS error number."""
+    """An entry that could not be copied. errno is None when the failure has no OS error number;
+    step says what was being done (STEP_*)."""
 
     path: str
     errno: int | None
     message: str
+    step: str = STEP_OTHER
 
     @classmethod
-    def of(cls, path: str, exc: BaseException) -> CopyFailure:
-        """The failure an exception describes (OS errors keep their errno and strerror)."""
+    def of(cls, path: str, exc: BaseException, step: str = STEP_OTHER) -> CopyFailure:
+        """The failure an exception describes (OS errors keep their errno and strerror). A step
+        tagged on the exception where it was raised (tag_step) wins over the caller's guess."""
+        step = getattr(exc, STEP_ATTR, step)
         if isinstance(exc, OSError):
-            return cls(path, exc.errno, exc.strerror or str(exc))
-        return cls(path, None, str(exc))
+            return cls(path, exc.errno, exc.strerror or str(exc), step)
+        return cls(path, None, str(exc), step)
+
+
+# The attribute tag_step sets on an exception on its way up.
+STEP_ATTR = "pcopy_step"
+
+
+def tag_step(exc: BaseException, step: str) -> None:
+    """Note on exc the step it was raised in (the innermost tag wins); costs nothing unless
+    something failed."""
+    if not hasattr(exc, STEP_ATTR):
+        setattr(exc, STEP_ATTR, step)
 
 
 @dataclass(slots=True)
@@ -156,3 +202,10 @@ class JobResult:
     # (action, dst) of each copied/replaced entry; None unless CopyOptions.record_changes, so
     # the default path builds no per-file list.
     changes: list[tuple[str, str]] | None = None
+    hardlinked: int = 0  # --link-dest: entries linked instead of copied (not in `files`)
+    hardlinked_bytes: int = 0
+    backed_up: int = 0  # --backup: DST entries moved aside before they were replaced
+    resumed: int = 0  # --partial: files continued from an interrupted copy
+    resumed_bytes: int = 0  # bytes those files did not copy again
+    link_fallbacks: int = 0  # --link-dest matches the file system would not link: copied
+    attributes: int = 0  # of skipped: entries whose permissions or times were set (DST_ATTRS)

@@ -54,14 +54,36 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_RE.fullmatch(name) is not None
 
 
-def remove_leftovers(directory: str, keep: frozenset[str] | set[str] = frozenset()) -> int:
+# --partial: an interrupted large file stays under this deterministic hidden name,
+# ".NAME.pcopy-partial", so the next run finds it and continues (pcopy.partial).
+PARTIAL_MARKER = ".pcopy-partial"
+_PARTIAL_SUFFIX_BYTES = len(PARTIAL_MARKER) + 1
+
+
+def partial_path(dst: str) -> str:
+    """The one partial name of dst (long names cut so it fits in NAME_MAX, as temp_path)."""
+    head, name = os.path.split(dst)
+    if len(name) > (NAME_MAX_BYTES - _PARTIAL_SUFFIX_BYTES) // 4:
+        name = os.fsdecode(os.fsencode(name)[: NAME_MAX_BYTES - _PARTIAL_SUFFIX_BYTES])
+    return os.path.join(head, f".{name}{PARTIAL_MARKER}")
+
+
+def is_partial_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(PARTIAL_MARKER) and len(name) > _PARTIAL_SUFFIX_BYTES
+
+
+def remove_leftovers(directory: str, keep: frozenset[str] | set[str] = frozenset(), *,
+                     keep_partial: bool = True) -> int:
     """Remove temporary files a killed run (SIGKILL, power cut) left in directory, except the
     paths in keep; returns how many. Only non-directories with pcopy's exact temporary-name
-    pattern are touched."""
+    pattern are touched. Partial files (--partial, ".NAME.pcopy-partial") are data an
+    interrupted run kept on purpose: they stay unless keep_partial is False (a run without
+    --partial clears them, as debris)."""
     removed = 0
     with os.scandir(directory) as listing:
         for item in listing:
-            if is_temp_name(item.name) and item.path not in keep and not item.is_dir(follow_symlinks=False):
+            if ((is_temp_name(item.name) or (not keep_partial and is_partial_name(item.name)))
+                    and item.path not in keep and not item.is_dir(follow_symlinks=False)):
                 try:
                     os.unlink(item.path)
                     removed += 1

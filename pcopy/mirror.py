@@ -29,11 +29,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pcopy.filters import FilterSet
-from pcopy.jobs import CopyFailure
-from pcopy.metadata import is_temp_name
+from pcopy.jobs import STEP_DELETE, CopyFailure
+from pcopy.metadata import is_partial_name, is_temp_name
 
 __all__ = ["DeleteResult", "delete_extraneous"]
 
@@ -73,6 +74,7 @@ class DeleteResult:
     failures: list[CopyFailure] = field(default_factory=list)
     limited: bool = False
     would_delete: int = 0
+    backed_up: int = 0  # with backup_to: files moved to their backup paths
 
 
 def delete_extraneous(
@@ -82,6 +84,8 @@ def delete_extraneous(
     filters: FilterSet | None = None,
     max_delete: int | None = None,
     dry_run: bool = False,
+    backup_to: Callable[[str], str] | None = None,
+    keep: Callable[[str, bool], bool] | None = None,
 ) -> DeleteResult:
     """Remove every entry below dst_root that has no counterpart (lexists) below src_root.
 
@@ -96,6 +100,10 @@ def delete_extraneous(
       by path) is entered and its entries judged one by one. If the counterpart exists but is
       not a directory, the DST directory is left as it is: it is not extraneous, and resolving
       the type conflict is the copy's business.
+    - backup_to (--backup): a non-directory is renamed to backup_to(rel), an absolute path on
+      the same file system (its directories are created), instead of being removed; counted in
+      backed_up. keep(rel, is_dir) True protects an entry like an exclude (partial files with
+      --partial, the backups themselves).
     - max_delete: the candidates are counted first; if there are more than max_delete, nothing
       at all is removed and limited is True. rsync deletes up to N and then stops; for a backup,
       a half-applied mirror is worse than none, and a count over the limit usually means a
@@ -112,15 +120,17 @@ def delete_extraneous(
     if not stat.S_ISDIR(os.stat(src_root).st_mode):
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), src_root)
     result = DeleteResult()
-    plan, idents = _scan(src_root, dst_root, filters or None, result.failures)
+    plan, idents = _scan(src_root, dst_root, filters or None, result.failures, keep)
     result.would_delete = len(plan)
     if max_delete is not None and len(plan) > max_delete:
         result.limited = True
         return result
     if dry_run:
         result.deleted = [os.path.join(dst_root, rel) for rel, _ in plan]
+        if backup_to is not None:
+            result.backed_up = sum(1 for _, is_dir in plan if not is_dir)
     elif plan:
-        _execute(dst_root, plan, idents, result)
+        _execute(dst_root, plan, idents, result, backup_to)
     return result
 
 
@@ -181,8 +191,19 @@ def _remove(parent: _Handle, name: str, is_dir: bool) -> None:
         os.unlink(os.path.join(parent, name))
 
 
+def _move(parent: _Handle, name: str, target: str) -> None:
+    """--backup: rename the entry to target (absolute), relative to the pinned parent handle.
+    A directory in the way at target makes this fail: the entry then stays, nothing is lost."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if isinstance(parent, int):
+        os.rename(name, target, src_dir_fd=parent)  # rename replaces a file (POSIX: renameat)
+    else:
+        os.replace(os.path.join(parent, name), target)
+
+
 def _failure(path: str, error: OSError, what: str) -> CopyFailure:
-    return CopyFailure(path=path, errno=error.errno, message=f"{what}: {error.strerror or error}")
+    return CopyFailure(path=path, errno=error.errno, message=f"{what}: {error.strerror or error}",
+                       step=STEP_DELETE)
 
 
 # ---------------------------------------------------------------- pass 1: scan
@@ -226,7 +247,8 @@ def _src_state(src_root: str, parent_rel: str, rel: str) -> int:
 
 
 def _scan(
-    src_root: str, dst_root: str, filters: FilterSet | None, failures: list[CopyFailure]
+    src_root: str, dst_root: str, filters: FilterSet | None, failures: list[CopyFailure],
+    keep: Callable[[str, bool], bool] | None = None,
 ) -> tuple[list[tuple[str, bool]], dict[str, _Ident]]:
     """The plan: (rel, is_dir) in deletion order, and the identity of each directory opened."""
     plan: list[tuple[str, bool]] = []
@@ -263,7 +285,11 @@ def _scan(
             rel = os.path.join(frame.rel, name) if frame.rel else name
             # A temporary file of a killed run (metadata.temp_path's exact name form, so a
             # user's ".x.pcopy-notes" is not one).
-            leftover = not is_dir and is_temp_name(name)
+            if keep is not None and keep(rel, is_dir):
+                frame.keeps = True  # protected (a backup, a partial file): not deleted, not entered
+                continue
+            # (and a partial file of --partial, kept above only while --partial is on)
+            leftover = not is_dir and (is_temp_name(name) or is_partial_name(name))
             if filters and not leftover and filters.excluded(rel, is_dir):
                 frame.keeps = True  # protected: not deleted, not entered
                 continue
@@ -309,7 +335,8 @@ def _scan(
 
 
 def _execute(
-    dst_root: str, plan: list[tuple[str, bool]], idents: dict[str, _Ident], result: DeleteResult
+    dst_root: str, plan: list[tuple[str, bool]], idents: dict[str, _Ident], result: DeleteResult,
+    backup_to: Callable[[str], str] | None = None,
 ) -> None:
     try:
         root, ident = _open_root(dst_root)
@@ -323,7 +350,7 @@ def _execute(
     blocked: set[str] = set()  # directories to keep: something inside was not removed
     try:
         if ident != idents.get(""):
-            result.failures.append(CopyFailure(dst_root, None, "DST root was replaced during the run"))
+            result.failures.append(CopyFailure(dst_root, None, "DST root was replaced during the run", STEP_DELETE))
             return
         for rel, is_dir in plan:
             head, name = os.path.split(rel)
@@ -335,7 +362,11 @@ def _execute(
                 _block(head, blocked)
                 continue
             try:
-                _remove(parent, name, is_dir)
+                if backup_to is not None and not is_dir:
+                    _move(parent, name, backup_to(rel))
+                    result.backed_up += 1
+                else:
+                    _remove(parent, name, is_dir)
             except FileNotFoundError:
                 # Someone else removed it first: the mirror wants it gone and it is; not a
                 # failure, but not ours to list either.
@@ -385,7 +416,8 @@ def _enter(
         if ident != idents.get(rel):
             _close(handle)
             broken.add(here)
-            failures.append(CopyFailure(path, None, "not entered: DST directory was replaced during the run"))
+            failures.append(CopyFailure(path, None, "not entered: DST directory was replaced during the run",
+                                        STEP_DELETE))
             return None
         stack.append((here, handle))
     return stack[-1][1]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from pcopy.config import Compare, Config, Method
@@ -51,11 +51,18 @@ _COMPARE_CODES = {Compare.QUICK: COMPARE_QUICK, Compare.CHECKSUM: COMPARE_CHECKS
                   Compare.ALWAYS: COMPARE_ALWAYS}
 
 
-def options_for(config: Config, preserve_owner: bool, preserve_group: bool | None = None) -> CopyOptions:
+def options_for(config: Config, preserve_owner: bool, preserve_group: bool | None = None, *,
+                dst_root: str = "", link_dest: tuple[str, ...] = (), backup_dir: str = "",
+                bwlimit_path: str = "") -> CopyOptions:
+    """The workers' options. link_dest and backup_dir are the resolved (absolute) directories,
+    bwlimit_path the run's shared counters (pcopy.backup.prepare, pcopy.bwlimit)."""
     compare = _COMPARE_CODES[config.compare]
+    backup = config.backup or config.backup_dir is not None
     plain = (compare == COMPARE_QUICK and not config.update_only and config.replace_existing
              and not config.dry_run and not config.record_changes and config.preserve_perms
-             and config.preserve_times and not config.preserve_xattrs)
+             and config.preserve_times and not config.preserve_xattrs and not link_dest
+             and not backup and not config.bwlimit_bytes and not config.partial)
+    suffix = config.backup_suffix if config.backup_suffix is not None else ("" if backup_dir else "~")
     return CopyOptions(
         use_fast_paths=config.method is Method.AUTO,
         buffer_bytes=config.buffer_bytes,
@@ -73,6 +80,14 @@ def options_for(config: Config, preserve_owner: bool, preserve_group: bool | Non
         dry_run=config.dry_run,
         record_changes=config.record_changes,
         plain=plain,
+        dst_root=dst_root,
+        link_dest=link_dest,
+        backup=backup,
+        backup_dir=backup_dir,
+        backup_suffix=suffix,
+        bwlimit_bytes=config.bwlimit_bytes or 0,
+        bwlimit_path=bwlimit_path,
+        partial=config.partial,
     )
 
 
@@ -98,11 +113,15 @@ def entry_task(entry: Entry, dst: str, check_dst: bool) -> EntryTask:
 class Planner:
     """Feeds on non-directory entries and hands back jobs as soon as they are full."""
 
-    def __init__(self, config: Config, options: CopyOptions) -> None:
+    def __init__(self, config: Config, options: CopyOptions,
+                 on_link: Callable[[int], None] | None = None) -> None:
         self.config = config
         self.options = options
-        # Files larger than this are split into byte ranges; no chunk size: none is.
-        self.split_bytes = config.chunk_bytes if config.chunk_bytes is not None else sys.maxsize
+        self.on_link = on_link  # called with the size of each later name that becomes a HardLink
+        # Files larger than this are split into byte ranges; no chunk size: none is. --partial
+        # copies every file as one stream: a resumable file must be a prefix of its source.
+        self.split_bytes = (config.chunk_bytes if config.chunk_bytes is not None and not config.partial
+                            else sys.maxsize)
         self._ids = itertools.count()
         self._batch: list[EntryTask] = []
         self._batch_bytes = 0
@@ -129,6 +148,8 @@ class Planner:
             first = self._first_names.get(key)
             if first is not None:
                 self.links.append(HardLink(task.src, task.dst, first))
+                if self.on_link is not None:
+                    self.on_link(task.size)
                 return []
             self._first_names[key] = task.dst
         if task.kind is Kind.FILE and task.size > self.split_bytes:

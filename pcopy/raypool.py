@@ -158,7 +158,7 @@ def ray_module() -> Any:
 
 # -- progress -------------------------------------------------------------------------------------
 class ProgressChannel:
-    """Workers put (bytes, files, found) tuples; the driver takes them with get_nowait.
+    """Workers put progress tuples (worker._Progress); the driver takes them with get_nowait.
 
     A ray.util.queue.Queue underneath (a Manager proxy is refused inside Ray workers). Workers
     put without waiting for an answer (the put is one message to the queue's actor, in order);
@@ -303,9 +303,10 @@ class RayPool:
                  initargs: tuple[Any, ...] = (),
                  on_lost: Callable[[list[Call], Call | None], None] = lambda calls, culprit: None,
                  progress: bool = False,
-                 on_progress: Callable[[int, int, int], None] | None = None) -> None:
+                 on_progress: Callable[..., None] | None = None) -> None:
         """progress: carry workers' progress on a Ray queue (self.progress_queue, passed to the
-        initializer as its last argument); on_progress gets, at close(), what is still on it."""
+        initializer as its last argument); on_progress gets, at close(), what is still on it
+        (the sums of each field of the messages)."""
         self.ray = ray_module()
         self.on_progress = on_progress
         self.progress_queue: ProgressChannel | None = progress_channel() if progress else None
@@ -698,6 +699,10 @@ def ray_session(target: Target, config: Config, jobs_given: bool) -> Iterator[Co
     config to copy with (-j not given: as many workers as the usable nodes have CPUs). Leaves
     Ray as it found it: a connection pcopy made is closed (a local Ray it started stops)."""
     global _checked_nodes
+    if config.bwlimit_bytes:
+        # Its shared budget is a file in this machine's temporary directory, paced by this
+        # machine's clock: workers on other nodes could not share it.
+        raise RefusedError("--bwlimit is not supported with --engine ray")
     ray = ray_module()
     connected = False
     if not ray.is_initialized():

@@ -117,13 +117,23 @@ def locate(src_arg: str, dst_arg: str) -> Target:
     must_create = target.dst if target.src_kind is Kind.DIR else os.path.dirname(target.dst)
     problem = _not_creatable(must_create) if target.src_kind is not Kind.DIR or not dst.lexists else None
     if problem is not None:
-        raise RefusedError(f"cannot write destination {_show(dst.given)}: {problem}")
+        raise dst_refused(dst.given, problem)
     return target
 
 
-def _not_creatable(path: str) -> str | None:
-    """Why entries cannot be created at path (or below its nearest existing ancestor), if so.
-    os.access answers for the real user, which is the user pcopy runs as."""
+def dst_refused(dst_given: str, exc: OSError) -> RefusedError:
+    """The refusal for a DST that cannot be made: names DST and the real reason (EROFS,
+    ENOENT, EACCES...), and keeps the OSError as its cause (the JSON report's errno)."""
+    refused = RefusedError(f"cannot create destination {_show(dst_given)}: {exc.strerror or exc}")
+    refused.__cause__ = exc
+    return refused
+
+
+def _not_creatable(path: str) -> OSError | None:
+    """Why entries cannot be created at path (or below its nearest existing ancestor), if that
+    can be told without writing. os.access answers for the real user, which is the user pcopy
+    runs as; a read-only mount is EROFS for root too. What only an attempt shows (procfs refuses
+    mkdir with ENOENT) is refused when the DST root is created (runner: dst_refused)."""
     probe_at = path
     while not os.path.lexists(probe_at):
         parent = os.path.dirname(probe_at)
@@ -131,6 +141,15 @@ def _not_creatable(path: str) -> str | None:
             break
         probe_at = parent
     if not os.path.isdir(probe_at):
-        return f"{_show(probe_at)} is not a directory"
+        return NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), probe_at)
+    st_rdonly = getattr(os, "ST_RDONLY", 0)
+    if st_rdonly and hasattr(os, "statvfs"):
+        try:
+            if os.statvfs(probe_at).f_flag & st_rdonly:
+                return OSError(errno.EROFS, os.strerror(errno.EROFS), probe_at)
+        except OSError:
+            pass  # no answer: the access check and the first mkdir will tell
     # Whether path exists (entries go inside it) or not (it is created inside probe_at).
-    return None if os.access(probe_at, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+    if os.access(probe_at, os.W_OK | os.X_OK):
+        return None
+    return PermissionError(errno.EACCES, os.strerror(errno.EACCES), probe_at)

@@ -11,17 +11,31 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from pcopy import bwlimit
+from pcopy.backup import back_up
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
 from pcopy.errors import WorkerStop
 from pcopy.fastcopy import copy_positional, copy_range, data_segments, digest_range, is_sparse
 from pcopy.jobs import (
+    ATTRIBUTES,
     COMPARE_ALWAYS,
     COMPARE_QUICK,
     COPIED,
+    DST_ATTRS,
     DST_DIFFERS,
     DST_MISSING,
     DST_SAME,
+    HARDLINKED,
     REPLACED,
+    STEP_CHECK,
+    STEP_COMPARE,
+    STEP_COPY,
+    STEP_CREATE,
+    STEP_FSYNC,
+    STEP_METADATA,
+    STEP_OPEN,
+    STEP_RENAME,
+    STEP_STAT,
     BatchJob,
     CopyFailure,
     CopyOptions,
@@ -31,7 +45,9 @@ from pcopy.jobs import (
     JobResult,
     Kind,
     RangeJob,
+    tag_step,
 )
+from pcopy.linkdest import find_link, link_into_place
 from pcopy.metadata import (
     O_BINARY,
     O_CLOEXEC,
@@ -47,6 +63,7 @@ from pcopy.metadata import (
     temp_mode,
     temp_path,
 )
+from pcopy.partial import open_partial, resumable
 from pcopy.walk import kind_of
 
 
@@ -85,19 +102,23 @@ def init_worker(progress_queue: ProgressQueue | None = None) -> None:
 
 
 class _Progress:
-    """Batches byte counts before they go on the queue: one put per PROGRESS_BYTES or interval."""
+    """Batches byte counts before they go on the queue: one put per PROGRESS_BYTES or interval.
+    A message is (bytes done, files done, bytes found, names sized): the last two are a DirJob's
+    stat results, so the display knows its total is final once every walked name is sized."""
 
-    __slots__ = ("found_bytes", "last", "pending_bytes", "pending_files", "queue")
+    __slots__ = ("found_bytes", "last", "pending_bytes", "pending_files", "queue", "sized_names")
 
     def __init__(self, queue: ProgressQueue) -> None:
         self.queue = queue
         self.pending_bytes = 0
         self.pending_files = 0
         self.found_bytes = 0  # sizes the worker stat'ed: the display's total grows by these
+        self.sized_names = 0  # names of a DirJob stat'ed (or failed to), whatever became of them
         self.last = time.monotonic()
 
-    def add_found(self, n: int) -> None:
+    def add_found(self, n: int, names: int) -> None:
         self.found_bytes += n
+        self.sized_names += names
 
     def add_bytes(self, n: int) -> None:
         self.pending_bytes += n
@@ -110,13 +131,13 @@ class _Progress:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending_bytes or self.pending_files or self.found_bytes:
+        if self.pending_bytes or self.pending_files or self.found_bytes or self.sized_names:
             try:
-                self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes))
+                self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes, self.sized_names))
             except Exception:  # the channel broke (its process died): it costs the bar only
                 self.queue = _NO_PROGRESS
                 _lose_progress_channel()
-            self.pending_bytes = self.pending_files = self.found_bytes = 0
+            self.pending_bytes = self.pending_files = self.found_bytes = self.sized_names = 0
         self.last = time.monotonic()
 
 
@@ -173,25 +194,125 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
 
 def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, result: JobResult,
               on_bytes: Callable[[int], None]) -> None:
+    step = STEP_COMPARE
     try:
         # Default options: one attribute test, then the quick check exactly as before.
         state = judge_task(task, options)
-        if state == DST_SAME:
-            _count_skipped(result, task.size, on_bytes)
+        if state >= DST_SAME:  # DST_SAME or DST_ATTRS
+            _count_skipped(result, task.size, on_bytes, task.dst if state == DST_ATTRS else None)
             return
+        if options.link_dest and options.compare != COMPARE_ALWAYS and _link_from_dest(task, options, state, result):
+            on_bytes(task.size)
+            return
+        if options.backup and state != DST_DIFFERS:
+            # Nothing of the user's is there to keep: only what a worker of this run that died
+            # wrote (a retried job judges a directory it created as empty, see check_dst).
+            options = options._replace(backup=False)
+        step = STEP_COPY  # copy_entry tags its other steps
         if options.dry_run:
             copied = task.size  # what a real run would copy; nothing is opened for writing
             on_bytes(copied)
+        elif options.partial and resumable(task):
+            copied = _copy_resumable(task, options, on_bytes, result)
         else:
             copied = copy_entry(task, options, on_bytes, dst_dir)
+        if options.backup and state == DST_DIFFERS:
+            result.backed_up += 1
         _count_copied(result, task.dst, copied, state == DST_DIFFERS)
     except (OSError, ChangedError) as exc:
-        result.failures.append(CopyFailure.of(task.src, exc))
+        result.failures.append(CopyFailure.of(task.src, exc, step))
 
 
-def _count_skipped(result: JobResult, size: int, on_bytes: Callable[[int], None]) -> None:
+def _link_from_dest(task: EntryTask, options: CopyOptions, state: int, result: JobResult) -> bool:
+    """--link-dest: link task.dst to an unchanged earlier copy; False: it must be copied."""
+    if task.kind is not Kind.FILE and task.kind is not Kind.SYMLINK:
+        return False
+    candidate = find_link(task, options)
+    if candidate is None:
+        return False
+    if not options.dry_run and not link_into_place(candidate, task, options, missing=state == DST_MISSING):
+        result.link_fallbacks += 1
+        return False
+    result.hardlinked += 1
+    result.hardlinked_bytes += task.size
+    if options.backup and state == DST_DIFFERS:
+        result.backed_up += 1
+    if result.changes is not None:
+        result.changes.append((HARDLINKED, task.dst))
+    return True
+
+
+def _copy_span(src_fd: int, dst_fd: int, offset: int, length: int | None, options: CopyOptions,
+               on_bytes: Callable[[int], None], devices: tuple[int, int] | None = None,
+               dst_at_offset: bool = False, use_fast_paths: bool | None = None) -> int:
+    """copy_range, in slices paced by the run's shared budget when --bwlimit is set."""
+    fast = options.use_fast_paths if use_fast_paths is None else use_fast_paths
+    if not options.bwlimit_bytes or length is None:
+        return copy_range(src_fd, dst_fd, offset, length, use_fast_paths=fast,
+                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices,
+                          dst_at_offset=dst_at_offset)
+    throttle = bwlimit.attach(options.bwlimit_path)
+    done = 0
+    while done < length:
+        want = min(throttle.slice_bytes, length - done)
+        got = copy_range(src_fd, dst_fd, offset + done, want, use_fast_paths=fast,
+                         buffer_bytes=min(options.buffer_bytes, throttle.slice_bytes),
+                         on_bytes=on_bytes, devices=devices)
+        done += got
+        throttle.spend(got)
+        if got < want:
+            break  # the source ended early: the caller's checks decide
+    return done
+
+
+def _copy_resumable(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], None],
+                    result: JobResult) -> int:
+    """--partial: copy into the file's partial name, continuing what an interrupted run wrote
+    there when the source is provably the same (pcopy.partial), then rename it into place.
+    An interruption or an I/O error keeps the partial file for the next run; a source that
+    changed, or a copy --verify rejects, removes it. Returns the bytes copied in this run."""
+    src_flags = os.O_RDONLY | O_BINARY | O_CLOEXEC | (0 if options.dereference else O_NOFOLLOW)
+    src_fd = os.open(task.src, src_flags)
+    try:
+        dst_fd, path, offset = open_partial(src_fd, task)
+        try:
+            try:
+                if offset:
+                    result.resumed += 1
+                    result.resumed_bytes += offset
+                    on_bytes(offset)
+                copied = _copy_span(src_fd, dst_fd, offset, task.size - offset, options, on_bytes)
+                _check_unchanged(src_fd, task.size, task.mtime_ns, offset + copied, sparse=False)
+                if options.verify:
+                    check_same(src_fd, dst_fd, 0, None)
+                if options.preserve_xattrs:
+                    copy_xattrs(task.src, dst_fd, follow_symlinks=options.dereference)
+                if options.fsync:
+                    os.fsync(dst_fd)
+                apply_metadata(path, task, options.preserve_owner, fd=dst_fd,
+                               preserve_group=options.preserve_group, times=options.preserve_times)
+            finally:
+                os.close(dst_fd)
+            if options.backup:
+                back_up(task.dst, options)
+            os.replace(path, task.dst)
+        except ChangedError:
+            _remove(path)  # written from another version of the source: worthless
+            raise
+    finally:
+        os.close(src_fd)
+    return copied
+
+
+def _count_skipped(result: JobResult, size: int, on_bytes: Callable[[int], None],
+                   attributes_of: str | None = None) -> None:
+    """An up-to-date entry; attributes_of: its DST path when its permissions or times were set."""
     result.skipped += 1
     result.skipped_bytes += size
+    if attributes_of is not None:
+        result.attributes += 1
+        if result.changes is not None:
+            result.changes.append((ATTRIBUTES, attributes_of))
     on_bytes(size)
 
 
@@ -244,7 +365,7 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
         try:
             st = stat_of(src)
         except OSError as exc:
-            result.failures.append(CopyFailure.of(src, exc))
+            result.failures.append(CopyFailure.of(src, exc, STEP_STAT))
             continue
         if lean is not None and lean.takes(st):
             todo.append((name, st, None))
@@ -252,14 +373,14 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
             continue
         task = task_from_stat(src, dst_prefix + name, st, job.check_dst)
         if task is None:
-            result.failures.append(CopyFailure(src, None, "not a file, symlink or special file"))
+            result.failures.append(CopyFailure(src, None, "not a file, symlink or special file", STEP_STAT))
         elif task.kind is Kind.FILE and (task.size > job.split_bytes or (task.nlink > 1 and job.hand_back_links)):
             result.handed_back.append(task)
         else:
             todo.append((name, st, task))
             total += task.size
     if progress is not None:
-        progress.add_found(total + sum(t.size for t in result.handed_back))
+        progress.add_found(total + sum(t.size for t in result.handed_back), len(job.names))
     spent = 0
     for name, st, task in todo:
         size = task.size if task is not None else st.st_size
@@ -325,27 +446,35 @@ class _Lean:
              on_bytes: Callable[[int], None]) -> None:
         """copy_entry for a file `takes` accepted, with dst_state's quick check."""
         size = st.st_size
+        step = STEP_COMPARE  # what a failure was doing (a local: free on the way)
         try:
             replacing = False
             if self.check_dst:
                 there = _existing(dst)
                 if there is not None:
-                    if _file_up_to_date(dst, size, st.st_mtime_ns, st.st_mode, there):
-                        _count_skipped(result, size, on_bytes)
+                    state = _file_up_to_date(dst, size, st.st_mtime_ns, st.st_mode, there)
+                    if state != DST_DIFFERS:
+                        _count_skipped(result, size, on_bytes, dst if state == DST_ATTRS else None)
                         return
                     replacing = True
+            step = STEP_OPEN
             src_fd = os.open(src, self.src_flags)
             try:
+                step = STEP_CREATE
                 dst_fd, tmp = create_temp(dst, stat.S_IMODE(st.st_mode))
                 try:
                     try:
+                        step = STEP_COPY
                         copied = copy_range(src_fd, dst_fd, 0, size, use_fast_paths=True,
                                             buffer_bytes=self.buffer_bytes, on_bytes=on_bytes,
                                             devices=(st.st_dev, self.devices_dst), dst_at_offset=True)
+                        step = STEP_CHECK
                         _check_unchanged(src_fd, size, st.st_mtime_ns, copied, sparse=False)
+                        step = STEP_METADATA
                         os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
                     finally:
                         os.close(dst_fd)
+                    step = STEP_RENAME
                     os.replace(tmp, dst)
                 except BaseException:
                     _remove(tmp)
@@ -353,7 +482,7 @@ class _Lean:
             finally:
                 os.close(src_fd)
         except (OSError, ChangedError) as exc:
-            result.failures.append(CopyFailure.of(src, exc))
+            result.failures.append(CopyFailure.of(src, exc, step))
             return
         _count_copied(result, dst, size, replacing)
 
@@ -397,7 +526,7 @@ def dst_state(task: EntryTask) -> int:
     if there is None:
         return DST_MISSING
     if task.kind is Kind.FILE:
-        return DST_SAME if _file_up_to_date(task.dst, task.size, task.mtime_ns, task.mode, there) else DST_DIFFERS
+        return _file_up_to_date(task.dst, task.size, task.mtime_ns, task.mode, there)
     return DST_SAME if _same_symlink(task, there) else DST_DIFFERS
 
 
@@ -413,30 +542,37 @@ def _existing(dst: str) -> os.stat_result | None:
     return there
 
 
-def _file_up_to_date(dst: str, size: int, mtime_ns: int, mode: int, there: os.stat_result) -> bool:
-    """The quick check for a regular file: same type, size and mtime. An up-to-date file whose
-    permissions changed in SRC gets them (see _sync_mode)."""
+def _file_up_to_date(dst: str, size: int, mtime_ns: int, mode: int, there: os.stat_result) -> int:
+    """The quick check for a regular file: same type, size and mtime (DST_SAME), else
+    DST_DIFFERS. An up-to-date file whose permissions changed in SRC gets them (DST_ATTRS)."""
     if stat.S_ISREG(there.st_mode) and there.st_size == size and there.st_mtime_ns == mtime_ns:
-        _sync_mode(dst, mode, there)
-        return True
-    return False
+        return DST_ATTRS if _sync_mode(dst, mode, there) else DST_SAME
+    return DST_DIFFERS
 
 
 def _same_symlink(task: EntryTask, st: os.stat_result) -> bool:
     return task.kind is Kind.SYMLINK and stat.S_ISLNK(st.st_mode) and os.readlink(task.dst) == os.readlink(task.src)
 
 
-def _sync_mode(dst: str, mode: int, there: os.stat_result) -> None:
+def _sync_mode(dst: str, mode: int, there: os.stat_result) -> bool:
     """An up-to-date file whose permissions changed in SRC (chmod leaves the mtime alone) gets
-    them in DST too, as rsync -a does: one compare of what the lstat of dst already gave."""
+    them in DST too, as rsync -a does: one compare of what the lstat of dst already gave.
+    Returns whether it changed them."""
     if stat.S_IMODE(there.st_mode) != stat.S_IMODE(mode):
-        os.chmod(dst, stat.S_IMODE(mode))
+        try:
+            os.chmod(dst, stat.S_IMODE(mode))
+        except OSError as exc:
+            tag_step(exc, STEP_METADATA)
+            raise
+        return True
+    return False
 
 
 def judge(task: EntryTask, options: CopyOptions) -> int:
     """dst_state with the non-default options (--checksum, --ignore-times, --update,
     --no-clobber, --no-perms). May adjust task.mode (--no-perms) and, for --checksum, fix the
-    times of a destination whose content already matches. Reads only in a dry run."""
+    times of a destination whose content already matches (DST_ATTRS when it sets permissions
+    or times, or in a dry run would). Reads only in a dry run."""
     if not options.preserve_perms:
         task.mode = masked_mode(task.mode, current_umask())
     if not task.check_dst:
@@ -449,8 +585,10 @@ def judge(task: EntryTask, options: CopyOptions) -> int:
         return DST_SAME  # --no-clobber: whatever is there stays, a directory included
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(21, "cannot overwrite directory with non-directory", task.dst)
-    if options.update_only and st.st_mtime_ns > task.mtime_ns:
-        return DST_SAME  # --update: the destination is newer, keep it
+    if options.update_only and st.st_mtime_ns > task.mtime_ns and _same_type(task.kind, st.st_mode):
+        # --update: the destination is newer, keep it; an entry of another type is replaced
+        # whatever its time, as rsync does (a newer DST symlink where SRC has a file).
+        return DST_SAME
     if options.compare == COMPARE_ALWAYS:
         return DST_DIFFERS
     if task.kind is Kind.FILE:
@@ -461,14 +599,28 @@ def judge(task: EntryTask, options: CopyOptions) -> int:
                 return DST_DIFFERS
         elif not same_content(task, options):
             return DST_DIFFERS
-        elif st.st_mtime_ns != task.mtime_ns and options.preserve_times and not options.dry_run:
+        changed = False
+        if st.st_mtime_ns != task.mtime_ns and options.preserve_times:
             # Same bytes, other times (touched, or restored from elsewhere): set the times so
             # the next quick check agrees, instead of copying the content again (rsync -c does too).
-            os.utime(task.dst, ns=(task.atime_ns, task.mtime_ns), follow_symlinks=False)
-        if options.preserve_perms and not options.dry_run:
-            _sync_mode(task.dst, task.mode, st)
-        return DST_SAME
+            changed = True
+            if not options.dry_run:
+                try:
+                    os.utime(task.dst, ns=(task.atime_ns, task.mtime_ns), follow_symlinks=False)
+                except OSError as exc:
+                    tag_step(exc, STEP_METADATA)
+                    raise
+        if options.preserve_perms:
+            if options.dry_run:
+                changed = changed or stat.S_IMODE(st.st_mode) != stat.S_IMODE(task.mode)
+            else:
+                changed = _sync_mode(task.dst, task.mode, st) or changed
+        return DST_ATTRS if changed else DST_SAME
     return DST_SAME if _same_symlink(task, st) else DST_DIFFERS
+
+
+def _same_type(kind: Kind, mode: int) -> bool:
+    return kind_of(mode) is kind
 
 
 def same_content(task: EntryTask, options: CopyOptions) -> bool:
@@ -491,20 +643,34 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
     dst_dir (optional) describes task.dst's directory and lets a file skip syscalls."""
     if task.kind is not Kind.FILE:
         tmp = temp_path(task.dst)
-        make_special(task, tmp)
+        try:
+            make_special(task, tmp)
+        except OSError as exc:
+            tag_step(exc, STEP_CREATE)
+            raise
+        step = STEP_METADATA
         try:
             if options.preserve_xattrs:
                 copy_xattrs(task.src, tmp, follow_symlinks=False)
             apply_metadata(tmp, task, options.preserve_owner, preserve_group=options.preserve_group,
                            times=options.preserve_times)
+            step = STEP_RENAME
+            if options.backup:
+                back_up(task.dst, options)
             os.replace(tmp, task.dst)
-        except BaseException:
+        except BaseException as exc:
+            tag_step(exc, step)
             _remove(tmp)
             raise
         return 0
 
     src_flags = os.O_RDONLY | O_BINARY | O_CLOEXEC | (0 if options.dereference else O_NOFOLLOW)
-    src_fd = os.open(task.src, src_flags)
+    try:
+        src_fd = os.open(task.src, src_flags)
+    except OSError as exc:
+        tag_step(exc, STEP_OPEN)
+        raise
+    step = STEP_CREATE  # what a failure was doing (a local: free on the way)
     try:
         # Created with its final permissions where that is enough (no set-ID bits, nothing the
         # umask strips, owner already right): then no fchmod or fchown is needed afterwards.
@@ -518,14 +684,19 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
         try:
             try:
                 devices = (task.dev, dst_dir.dev) if dst_dir is not None else None
+                step = STEP_COPY
                 copied = _copy_whole(src_fd, dst_fd, task, options, on_bytes, devices)
+                step = STEP_CHECK
                 _check_unchanged(src_fd, task.size, task.mtime_ns, copied, task.sparse)
                 if options.verify:
                     check_same(src_fd, dst_fd, 0, None)
+                step = STEP_METADATA
                 if options.preserve_xattrs:
                     copy_xattrs(task.src, dst_fd, follow_symlinks=options.dereference)
                 if options.fsync:
+                    step = STEP_FSYNC
                     os.fsync(dst_fd)
+                    step = STEP_METADATA
                 if final_at_create:
                     if options.preserve_times:
                         set_times(dst_fd, tmp, task)
@@ -534,10 +705,16 @@ def copy_entry(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], 
                                    preserve_group=options.preserve_group, times=options.preserve_times)
             finally:
                 os.close(dst_fd)
+            step = STEP_RENAME
+            if options.backup:
+                back_up(task.dst, options)
             os.replace(tmp, task.dst)
         except BaseException:
             _remove(tmp)
             raise
+    except BaseException as exc:
+        tag_step(exc, step)
+        raise
     finally:
         os.close(src_fd)
     return task.size or copied
@@ -558,16 +735,13 @@ def _copy_whole(src_fd: int, dst_fd: int, task: EntryTask, options: CopyOptions,
     if not task.sparse:
         # The size the stat saw bounds the copy (no extra call to find EOF: growth is caught by
         # _check_unchanged); a file that says 0 bytes may still have content (procfs): read it.
-        return copy_range(src_fd, dst_fd, 0, task.size or None,
-                          use_fast_paths=options.use_fast_paths and task.size > 0,
-                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices,
-                          dst_at_offset=True)
+        return _copy_span(src_fd, dst_fd, 0, task.size or None, options, on_bytes, devices,
+                          dst_at_offset=True, use_fast_paths=options.use_fast_paths and task.size > 0)
     # Holes stay holes: size the file first, then copy only the data segments.
     os.ftruncate(dst_fd, task.size)
     copied = 0
     for offset, length in data_segments(src_fd, 0, task.size):
-        copied += copy_range(src_fd, dst_fd, offset, length, use_fast_paths=options.use_fast_paths,
-                             buffer_bytes=options.buffer_bytes, on_bytes=on_bytes)
+        copied += _copy_span(src_fd, dst_fd, offset, length, options, on_bytes)
     return copied
 
 
@@ -575,23 +749,27 @@ def _run_range(job: RangeJob, progress: _Progress | None) -> JobResult:
     result = JobResult(job.job_id)
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     opts = job.options
+    step = STEP_OPEN
     try:
         src_fd = os.open(job.src, os.O_RDONLY | O_BINARY | O_CLOEXEC)
         try:
+            step = STEP_CREATE  # the parent's pre-sized temporary file
             dst_fd = os.open(job.tmp, os.O_RDWR | O_BINARY | O_CLOEXEC | O_NOFOLLOW)
             try:
+                step = STEP_COPY
                 end = job.offset + job.length
                 segments = (data_segments(src_fd, job.offset, end) if job.sparse
                             else [(job.offset, job.length)])
                 for offset, length in segments:
-                    if opts.use_fast_paths and not job.in_kernel:
+                    if opts.use_fast_paths and not job.in_kernel and not opts.bwlimit_bytes:
                         copied = copy_positional(src_fd, dst_fd, offset, length, on_bytes)
                     else:
-                        copied = copy_range(src_fd, dst_fd, offset, length, use_fast_paths=opts.use_fast_paths,
-                                            buffer_bytes=opts.buffer_bytes, on_bytes=on_bytes)
+                        copied = _copy_span(src_fd, dst_fd, offset, length, opts, on_bytes)
                     if copied != length:
+                        step = STEP_CHECK
                         raise ChangedError("file shrank during copy")
                     result.bytes += copied
+                step = STEP_CHECK
                 if opts.verify:
                     check_same(src_fd, dst_fd, job.offset, job.length)
             finally:
@@ -599,7 +777,7 @@ def _run_range(job: RangeJob, progress: _Progress | None) -> JobResult:
         finally:
             os.close(src_fd)
     except (OSError, ChangedError) as exc:
-        result.failures.append(CopyFailure.of(job.src, exc))
+        result.failures.append(CopyFailure.of(job.src, exc, step))
     return result
 
 

@@ -67,7 +67,7 @@ def test_teaching_loop_option(tree: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["-j", "0"], ["--chunk-size", "lots"], ["--chunk-size", "0"], ["--buffer-size", "1.5K"], ["--method", "magic"],
+    ["-j", "0"], ["--chunk-size", "lots"], ["--chunk-size", "0"], ["--buffer-size", "1.5"], ["--method", "magic"],
     ["--bogus-option"], ["--start-method", "teleport"],
 ])
 def test_usage_errors_exit_2(tree: Path, tmp_path: Path, args: list[str]) -> None:

@@ -6,6 +6,7 @@ side; pcopy gets the surrogate-escaped str form, as it would from sys.argv or os
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import unicodedata
@@ -146,4 +147,4 @@ def test_unreadable_odd_name_is_reported_escaped(nobody: Nobody, world_tmp: Path
     assert report["failed"] == 1 and report["exit_code"] == 1
     failure = report["failures"][0]
     assert (failure["errno"], failure["error"]) == (13, "EACCES")
-    assert failure["path"].endswith(BAD_SHOWN), failure
+    assert base64.b64decode(failure["path_b64"]) == BAD, failure  # the exact bytes (docs/json.md)

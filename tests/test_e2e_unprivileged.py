@@ -56,8 +56,7 @@ def test_unreadable_entries_reported_rest_copied(nobody: Nobody, world_tmp: Path
     assert run.returncode == 1, run
     report = run.json()
     failed = {f["path"] for f in report["failures"]}
-    assert failed == {str(src / "secret.txt"), str(src / "sub" / "big_secret.bin"),
-                      str(src / "locked")}, report
+    assert failed == {"secret.txt", "sub/big_secret.bin", "locked"}, report  # relative to SRC
     assert all(f["errno"] == 13 and f["message"] for f in report["failures"]), report
     assert report["failed"] == 3 and report["exit_code"] == 1
     # One line per failure on stderr, each naming its path.
@@ -119,7 +118,7 @@ def test_device_node_reported_when_not_root(nobody: Nobody, world_tmp: Path, out
     before = snapshot(src)
     run = nobody.run(src, out / "dst", "--json", cwd=world_tmp)
     assert run.returncode == 1, run
-    assert [f["path"] for f in run.json()["failures"]] == [str(src / "null")]
+    assert [f["path"] for f in run.json()["failures"]] == ["null"]
     assert_same_tree(before, out / "dst", owner=False, skip=[b"null"])
     assert temp_leftovers(out) == []
 
@@ -154,6 +153,6 @@ def test_unwritable_directory_inside_destination_reported(nobody: Nobody, world_
     run = nobody.run(src, dst, "--json", cwd=world_tmp)
     assert run.returncode == 1, run
     # The file cannot be created there, and the directory's mode and times cannot be set.
-    assert sorted(f["path"] for f in run.json()["failures"]) == sorted([str(src / "sub" / "x.txt"), str(dst / "sub")])
+    assert sorted(f["path"] for f in run.json()["failures"]) == ["sub", "sub/x.txt"]
     assert (dst / "top.txt").read_text() == "top"
     assert not (dst / "sub" / "x.txt").exists()

@@ -97,7 +97,7 @@ def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1", "0", "1.5M", "12X"])
+@pytest.mark.parametrize("text", ["", "abc", "-1", "0", "1.5", "0.1K", "12X"])
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_size(text)

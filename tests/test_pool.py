@@ -106,7 +106,10 @@ def test_terminate_is_bounded_even_for_a_worker_that_ignores_sigterm() -> None:
 
 
 def test_workers_leave_when_the_parent_is_killed(tmp_path: Any) -> None:
-    """A parent SIGKILLed (no clean-up at all): its workers notice and leave within a second."""
+    """A parent SIGKILLed (no clean-up at all): its workers notice and leave at once. The
+    guarantee is 1 s (the storm checks it on every kill-parent trial); this test allows 3 s
+    because a suite running beside other loads has seen a single process wait that long to be
+    scheduled."""
     pids_file = tmp_path / "pids"
     child = os.fork()
     if child == 0:  # the doomed parent
@@ -126,7 +129,7 @@ def test_workers_leave_when_the_parent_is_killed(tmp_path: Any) -> None:
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
     killed = time.monotonic()
-    while time.monotonic() - killed < 1.0:
+    while time.monotonic() - killed < 3.0:
         alive = [p for p in workers if _alive(p)]
         if not alive:
             break

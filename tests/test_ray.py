@@ -411,3 +411,13 @@ def test_actors_that_never_start_stop_the_copy_with_an_error(cluster: RayCluster
         assert all(calls == [call] for calls, _ in lost)
     finally:
         pool.terminate()
+
+
+def test_bwlimit_is_refused_with_the_ray_engine(tmp_path: Path) -> None:
+    """--bwlimit's shared budget lives in this machine's temporary directory."""
+    (tmp_path / "src").mkdir()
+    out = subprocess.run([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / "dst"),
+                          "--engine", "ray", "--bwlimit", "1M"], capture_output=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    assert b"--bwlimit is not supported with --engine ray" in out.stderr
+    assert not (tmp_path / "dst").exists()

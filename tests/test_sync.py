@@ -42,6 +42,8 @@ def pc_json(*args: str | Path) -> dict[str, Any]:
     code, out, err = pc(*args, "--json")
     data = json.loads(out)
     assert data["exit_code"] == code, err
+    # changes are {action, path} records; these tests compare them as --itemize lines
+    data["changes"] = [f"{c['action']} {c['path']}" for c in data["changes"]]
     return data
 
 
@@ -94,7 +96,7 @@ def test_first_run_then_changes_itemized_with_json_counts(src: Path, tmp_path: P
     age(src / "d" / "e" / "c", -100)  # touch
     os.unlink(src / "h2")  # delete (left in DST: no --delete)
     data = pc_json(src, dst, "-j", "2", "--itemize")
-    assert sorted(data["changes"]) == ["copied d/new", "replaced a", "replaced d/e/c"]
+    assert sorted(data["changes"]) == ["attributes d/b", "copied d/new", "replaced a", "replaced d/e/c"]
     assert counts(data) == {
         "files": 3, "dirs": 3, "bytes": 6 + 8 + 1, "copied": 1, "copied_bytes": 8,
         "replaced": 2, "replaced_bytes": 7, "skipped": 3, "skipped_bytes": 3 + 4, "deleted": 0,
@@ -118,7 +120,7 @@ def test_checksum_finds_same_size_same_mtime_edits_and_fixes_touched_times(src: 
     age(src / "d" / "b", 50)
     data = pc_json(src, dst, "-j", "1", "-i", "--checksum")
     # a: same size, different digest -> replaced. d/b: same digest -> skipped, times set.
-    assert data["changes"] == ["replaced a"]
+    assert sorted(data["changes"]) == ["attributes d/b", "replaced a"]
     assert (data["replaced"], data["skipped"]) == (1, 5)
     assert_same_tree(src, dst)
 
@@ -354,7 +356,7 @@ def test_log_appends_changes_and_summary(src: Path, tmp_path: Path) -> None:
     assert sorted(text[:7]) == ["copied a", "copied d/b", "copied d/e/c", "copied d/link",
                                 "copied h1", "copied h2", "copied odd\\nname"]
     assert text[7].startswith("pcopy: 7 files")
-    assert text[8] == "replaced a" and text[9].startswith("pcopy: 1 files") and len(text) == 10
+    assert text[8] == "replaced a" and text[9].startswith("pcopy: 1 file,") and len(text) == 10
 
 
 # -- metadata options ---------------------------------------------------------------------------------
