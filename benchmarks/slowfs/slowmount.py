@@ -64,7 +64,7 @@ def build() -> Path:
     if flags.returncode != 0:
         raise SlowfsUnavailable("libfuse3-dev missing (run benchmarks/slowfs/setup.sh)")
     BINARY.parent.mkdir(parents=True, exist_ok=True)
-    tmp = BINARY.with_suffix(".tmp")
+    tmp = BINARY.with_suffix(f".{os.getpid()}.tmp")  # two builds at once do not collide
     done = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(tmp), str(SOURCE), *flags.stdout.split()],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
