@@ -420,11 +420,32 @@ def fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+# Issue 11: (case, peer, minimum speed-up of pcopy's default over the peer, round trips per file
+# of pcopy's default at most the peer's).
+TARGETS = (("local-slow", "cp", 12.0), ("slow-local", "rsync", 12.0), ("rerun", "rsync", 5.0))
+
+
+def target_lines(rows: list[Summary]) -> list[str]:
+    out = []
+    for case, peer, goal in TARGETS:
+        mine = next((s for s in rows if s.case == case and s.tool == "pcopy"), None)
+        other = next((s for s in rows if s.case == case and s.tool == peer), None)
+        if not (mine and other and mine.median_s and other.median_s and mine.rt_per_file and other.rt_per_file):
+            continue
+        speedup = other.median_s / mine.median_s
+        fewer = mine.rt_per_file <= other.rt_per_file
+        out.append(f"{CASES[case]}: {speedup:.2f}x faster than {TOOLS[peer].label} (target >= {goal:g}x: "
+                   f"{'PASS' if speedup >= goal else 'FAIL'}); round trips/file {mine.rt_per_file:.1f} vs "
+                   f"{other.rt_per_file:.1f} (target <=: {'PASS' if fewer else 'FAIL'})")
+    return out
+
+
 def markdown(meta: dict[str, Any], summaries: list[Summary], chart: str | None) -> str:
     machine = meta["machine"]
     lines = [
         "# pcopy on slow storage: benchmark results", "",
-        f"Generated {meta['date']} by `{meta['command']}` ({meta['seconds']:.0f} s). "
+        f"Generated {meta['date']} by " + " and ".join(f"`{c}`" for c in meta["commands"])
+        + f" ({meta['seconds']:.0f} s of runs). "
         "Method, mount and cases: [docs/benchmarks-slow.md](../docs/benchmarks-slow.md).", "",
         "**The machine is shared**: "
         f"{machine['cpus']} cores, other sessions' test suites and benchmarks ran on it at the same "
@@ -468,6 +489,8 @@ def markdown(meta: dict[str, Any], summaries: list[Summary], chart: str | None) 
                     cells += [f"{s.median_s:.2f}", f"{s.rt_per_file:.1f}"]
             if present:
                 lines.append(f"| {TOOLS[tool].label} | " + " | ".join(cells) + " |")
+        lines += ["", "Issue 11's targets for pcopy's default (speed-up = peer's median / pcopy's):", ""]
+        lines += [f"- {t}" for t in target_lines(rows)] or ["- (not measured)"]
         lines += ["", "<details><summary>details: spread, requests in flight, requests per file by type"
                   "</summary>", "",
                   "| case | tool | median s | min–max s | ok | in flight avg / max | requests per file | notes |",
@@ -563,6 +586,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="also write benchmarks/RESULTS-slow.md and benchmarks/RESULTS-slow.png")
     parser.add_argument("--no-install", action="store_true",
                         help="do not (re)install pcopy into benchmarks/work/venv")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="measure nothing: make the report (and with --publish the tracked one) from the "
+                             "results.json of earlier runs, combined (e.g. one run per delay)")
     parser.add_argument("--chart", nargs=2, type=Path, metavar=("JSON", "PNG"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -576,6 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.chart:
         draw_chart(*args.chart)
         return 0
+    if args.merge:
+        meta, runs = merge(args.merge)
+        write_outputs(meta, runs, args.out, args.publish)
+        return 0 if all(r.ok for r in runs) else 1
     quick = args.quick
     files = args.files or (400 if quick else 5000)
     budget = args.file_budget_ms if args.file_budget_ms is not None else (0 if quick else 500.0)
@@ -605,6 +635,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"MISSING {name}: {why}")
     tools = [t for t in tools if t.name not in missing]
     versions = {t.name: tool_version(t) for t in tools if not t.name.startswith("pcopy-")}
+    if "pcopy" in versions:
+        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+        versions["pcopy"] += f" (checkout {sha or 'unknown'})"
     libfuse = subprocess.run(["pkg-config", "--modversion", "fuse3"], capture_output=True, text=True,
                              check=False).stdout.strip()
     machine = {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
@@ -648,26 +682,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         remove(LOCAL_DST)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    summaries = summarise(runs)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": command.strip(), "seconds": time.perf_counter() - started, "reps": reps,
+            "commands": [command.strip()], "seconds": time.perf_counter() - started, "reps": reps,
             "machine": machine, "versions": versions, "missing": missing, "calibration": calibration,
             "workloads": workloads}
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = args.out / "results.json"
+    write_outputs(meta, runs, args.out, args.publish)
+    return 0 if all(r.ok for r in runs) else 1
+
+
+def merge(paths: Sequence[Path]) -> tuple[dict[str, Any], list[Run]]:
+    """The runs and the (combined) description of earlier results.json files: several partial runs
+    (say one per delay) make one report. A later file's runs of the same delay, case and tool
+    are added to the earlier ones' (their medians are taken together)."""
+    metas, runs = [], []
+    for path in paths:
+        data = json.loads(path.read_text())
+        metas.append(data["meta"])
+        runs += [Run(**r) for r in data["runs"]]
+    meta = dict(metas[-1])
+    meta["commands"] = [c for m in metas for c in m.get("commands", [m.get("command", "?")])]
+    meta["seconds"] = sum(m["seconds"] for m in metas)
+    meta["reps"] = max(m["reps"] for m in metas)
+    meta["machine"] = dict(metas[-1]["machine"], loadavg_start=metas[0]["machine"]["loadavg_start"])
+    for key in ("calibration", "workloads", "versions", "missing"):
+        meta[key] = {k: v for m in metas for k, v in m[key].items()}
+    return meta, runs
+
+
+def write_outputs(meta: dict[str, Any], runs: list[Run], out: Path, publish: bool) -> None:
+    summaries = summarise(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.json"
     results.write_text(json.dumps({"meta": meta, "summaries": [dataclasses.asdict(s) for s in summaries],
                                    "runs": [dataclasses.asdict(r) for r in runs]}, indent=1) + "\n")
-    chart = args.out / "chart.png"
+    chart = out / "chart.png"
     have_chart = make_chart(results, chart)
-    (args.out / "report.md").write_text(markdown(meta, summaries, "chart.png" if have_chart else None) + "\n")
-    log(f"wrote {args.out}/report.md, results.json" + (", chart.png" if have_chart else ""))
-    if args.publish:
+    (out / "report.md").write_text(markdown(meta, summaries, "chart.png" if have_chart else None) + "\n")
+    log(f"wrote {out}/report.md, results.json" + (", chart.png" if have_chart else ""))
+    if publish:
         if have_chart:
             shutil.copyfile(chart, PUBLISH_PNG)
         PUBLISH_MD.write_text(markdown(meta, summaries, PUBLISH_PNG.name if have_chart else None) + "\n")
         log(f"published {PUBLISH_MD}" + (f" and {PUBLISH_PNG}" if have_chart else ""))
-    print((args.out / "report.md").read_text())
-    return 0 if all(r.ok for r in runs) else 1
+    print((out / "report.md").read_text())
 
 
 if __name__ == "__main__":
