@@ -570,12 +570,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a few minutes: 400 files in 4 directories, 1 ms, 1 rep")
+                        help="a few minutes: 250 files in 2 directories, 1 ms, 1 rep")
     parser.add_argument("--files", type=int, default=None, help="files in the workload (default 5000)")
     parser.add_argument("--dirs", type=int, default=None, help="directories (default files/100)")
     parser.add_argument("--file-budget-ms", type=float, default=None,
-                        help="at delay D use at most BUDGET/D files (default 500: 2500 files at 0.2 ms, "
-                             "500 at 1 ms, 100 at 5 ms), so every delay costs about the same time; 0: no cap")
+                        help="at delay D use at most BUDGET/D files (default 250: 1250 files at 0.2 ms, "
+                             "250 at 1 ms, 50 at 5 ms), so that the full run fits in well under an hour; 0: no cap")
     parser.add_argument("--delays", default=None, help="comma list of ms per request (default 0.2,1,5)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
@@ -607,8 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_outputs(meta, runs, args.out, args.publish)
         return 0 if all(r.ok for r in runs) else 1
     quick = args.quick
-    files = args.files or (400 if quick else 5000)
-    budget = args.file_budget_ms if args.file_budget_ms is not None else (0 if quick else 500.0)
+    files = args.files or (250 if quick else 5000)
+    budget = args.file_budget_ms if args.file_budget_ms is not None else (0 if quick else 250.0)
     reps = args.reps or (1 if quick else 3)
     try:
         delays = [float(d) for d in split(args.delays or ("1" if quick else "0.2,1,5"))]
