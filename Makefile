@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 JOBS   ?= 4
 
-.PHONY: install test lint demo bench bench-full clean
+.PHONY: install test lint demo bench bench-full bench-slow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ bench: $(STAMP)
 
 bench-full: $(STAMP)
 	$(PY) benchmarks/bench.py --full
+
+## make bench-slow: pcopy and its peers on a FUSE mount that adds a delay to every request
+## (docs/benchmarks-slow.md); installs fuse3 & co. first. SLOW_ARGS= (empty) runs the full matrix.
+SLOW_ARGS ?= --quick
+bench-slow: $(STAMP)
+	bash benchmarks/slowfs/setup.sh
+	$(PY) benchmarks/slowfs/bench_slow.py $(SLOW_ARGS)
 
 ## make clean: everything generated (the venv, demo and benchmark trees, build output, caches);
 ## tracked benchmark results stay
