@@ -69,7 +69,7 @@ PROGRESS_FETCH_S = 0.1
 
 # At the end of a copy, how long the driver waits for the progress queue's last items (seconds):
 # the bar then ends on the true file count; a slow queue costs only that.
-PROGRESS_FINAL_S = 0.5
+PROGRESS_FINAL_S = 2.0
 
 # Actors that die before they ever answered (a node that cannot start them, pcopy missing there)
 # are replaced; after this many such deaths per worker the copy stops with an error instead of
@@ -160,9 +160,8 @@ def ray_module() -> Any:
 class ProgressChannel:
     """Workers put progress tuples (worker._Progress); the driver takes them with get_nowait.
 
-    A ray.util.queue.Queue underneath (a Manager proxy is refused inside Ray workers). Workers
-    put without waiting for an answer (the put is one message to the queue's actor, in order);
-    the driver fetches everything queued at most every PROGRESS_FETCH_S and hands it out one by
+    A ray.util.queue.Queue underneath (a Manager proxy is refused inside Ray workers). The
+    driver fetches everything queued at most every PROGRESS_FETCH_S and hands it out one by
     one. Pickled (to the actors), only the queue travels."""
 
     def __init__(self, ray_queue: Any) -> None:
@@ -178,7 +177,10 @@ class ProgressChannel:
         self.__init__(state["ray_queue"])  # type: ignore[misc]
 
     def put(self, item: Any) -> None:
-        self.ray_queue.actor.put_nowait.remote(item)
+        # Waits for the queue's answer (~1 ms; a worker puts at most every 0.1 s and once per
+        # job): what a job said is queued before its result reaches the driver, so the last
+        # drain (take_all) finds it.
+        ray_module().get(self.ray_queue.actor.put_nowait.remote(item))
 
     @passes_interrupts
     def get_nowait(self) -> Any:
