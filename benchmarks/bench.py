@@ -42,7 +42,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from sample_tree import describe, make_tree  # noqa: E402  (a sibling script, not a package)
+from sample_tree import describe_tree, make_tree  # noqa: E402  (a sibling script, not a package)
 
 MIB = 1024 * 1024
 WORK = HERE / "work"
@@ -162,13 +162,6 @@ def build_tree(workload: Workload) -> Path:
     log(f"  generated {root} in {time.perf_counter() - started:.1f} s")
     return root
 
-
-def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """sample_tree.describe plus the root directory itself (its mode and mtime count too)."""
-    out = describe(str(root))
-    st = os.stat(root)
-    out["."] = ("dir", st.st_mode, st.st_mtime_ns)
-    return out
 
 
 def tree_size(desc: dict[str, tuple[object, ...]]) -> tuple[int, int]:

@@ -84,6 +84,14 @@ def describe(root: str) -> dict[str, tuple[object, ...]]:
     return out
 
 
+def describe_tree(root: os.PathLike[str] | str) -> dict[str, tuple[object, ...]]:
+    """describe plus the root directory itself (its mode and mtime count too)."""
+    out = describe(str(root))
+    st = os.stat(root)
+    out["."] = ("dir", st.st_mode, st.st_mtime_ns)
+    return out
+
+
 def compare(src: str, dst: str) -> list[str]:
     """Differences between two trees, as readable lines (empty: dst is a faithful copy)."""
     a, b = describe(src), describe(dst)

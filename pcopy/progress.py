@@ -293,22 +293,13 @@ class Display:
         return Frame(left, percent, f"{numbers} | ETA {format_duration(eta) if eta is not None else '?'}", skipped)
 
 
-class TqdmProgress:
-    """One line on stderr, redrawn every REFRESH_S by a display thread."""
+class _TallySink:
+    """A sink whose runner calls only move counters (so they cost the copy nothing); what is
+    shown is made from self.tally's snapshots."""
 
-    active = True
-
-    def __init__(self, stream: Any = None, refresh_s: float = REFRESH_S) -> None:
+    def __init__(self) -> None:
         self.tally = Tally()
-        self._display = Display(time.monotonic())
-        self._stream = stream or sys.stderr
-        self._bar: Any = None  # made by the display thread
-        self._stop = threading.Event()
-        self._refresh_s = refresh_s
-        self._thread = threading.Thread(target=self._loop, name="pcopy-progress", daemon=True)
-        self._thread.start()
 
-    # The runner's calls: counters only, so they cost the copy nothing.
     def add_found(self, files: int, nbytes: int) -> None:
         self.tally.add_found(files, nbytes)
 
@@ -326,6 +317,22 @@ class TqdmProgress:
 
     def walk_done(self) -> None:
         self.tally.walk_done()
+
+
+class TqdmProgress(_TallySink):
+    """One line on stderr, redrawn every REFRESH_S by a display thread."""
+
+    active = True
+
+    def __init__(self, stream: Any = None, refresh_s: float = REFRESH_S) -> None:
+        super().__init__()
+        self._display = Display(time.monotonic())
+        self._stream = stream or sys.stderr
+        self._bar: Any = None  # made by the display thread
+        self._stop = threading.Event()
+        self._refresh_s = refresh_s
+        self._thread = threading.Thread(target=self._loop, name="pcopy-progress", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
         """Stop the display thread, draw the last frame and end the line."""
@@ -402,7 +409,7 @@ def _columns(stream: Any) -> int:
         return DEFAULT_COLUMNS
 
 
-class CallbackProgress:
+class CallbackProgress(_TallySink):
     """Progress for library callers: callback(bytes_done, bytes_total, files_done), from the
     calling thread, after each batch of worker reports (as before the display was reworked).
     bytes_total grows while the tree is being read; a hard-linked inode's bytes count once and
@@ -412,28 +419,13 @@ class CallbackProgress:
     active = True
 
     def __init__(self, callback: Any) -> None:
+        super().__init__()
         self._callback = callback
-        self.tally = Tally()
-
-    def add_found(self, files: int, nbytes: int) -> None:
-        self.tally.add_found(files, nbytes)
-
-    def add_names(self, files: int) -> None:
-        self.tally.add_names(files)
-
-    def add_sizes(self, files: int, nbytes: int) -> None:
-        self.tally.add_sizes(files, nbytes)
 
     def advance(self, nbytes: int, files: int) -> None:
         self.tally.advance(nbytes, files)
         snap = self.tally.snapshot()
         self._callback(snap.bytes_done, snap.bytes_found, snap.files_done)
-
-    def add_skipped(self, files: int, nbytes: int) -> None:
-        self.tally.add_skipped(files, nbytes)
-
-    def walk_done(self) -> None:
-        self.tally.walk_done()
 
     def close(self) -> None:
         pass

@@ -44,7 +44,7 @@ BENCH = HERE.parent
 REPO = BENCH.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(BENCH))
-from sample_tree import describe, lognormal_size  # noqa: E402  (sibling scripts, not packages)
+from sample_tree import describe_tree, lognormal_size  # noqa: E402  (sibling scripts, not packages)
 from slowmount import SlowfsUnavailable, SlowMount, total_ops, unavailable_reason  # noqa: E402
 
 WORK = BENCH / "work"
@@ -129,13 +129,6 @@ def build_tree(wl: Workload) -> Path:
     log(f"generated {root} in {time.perf_counter() - started:.1f} s")
     return root
 
-
-def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """sample_tree.describe plus the root directory itself."""
-    out = describe(str(root))
-    st = os.stat(root)
-    out["."] = ("dir", st.st_mode, st.st_mtime_ns)
-    return out
 
 
 def verify(src: dict[str, tuple[object, ...]], dst: dict[str, tuple[object, ...]]) -> dict[str, list[str]]:
