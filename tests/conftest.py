@@ -199,3 +199,17 @@ def nobody() -> Iterator[Nobody]:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers() -> Iterator[None]:
+    """The CLI installs pcopy's InterruptGuard for the rest of its process; a test that runs the
+    CLI in-process (typer's CliRunner) must not leave it as pytest's handler, where processes
+    forked by later tests would inherit it."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)

@@ -106,15 +106,14 @@ def test_terminate_is_bounded_even_for_a_worker_that_ignores_sigterm() -> None:
 
 
 def test_workers_leave_when_the_parent_is_killed(tmp_path: Any) -> None:
-    """A parent SIGKILLed (no clean-up at all): its workers notice and leave at once. The
-    guarantee is 1 s (the storm checks it on every kill-parent trial); this test allows 3 s
-    because a suite running beside other loads has seen a single process wait that long to be
-    scheduled."""
+    """A parent SIGKILLed (no clean-up at all): its workers notice and leave within a second."""
     pids_file = tmp_path / "pids"
     child = os.fork()
     if child == 0:  # the doomed parent
         try:
-            pool = WorkerPool(3, multiprocessing.get_context("fork"))
+            # Workers with SIGTERM's default action, whatever handler this test process has.
+            pool = WorkerPool(3, multiprocessing.get_context("fork"), initializer=signal.signal,
+                              initargs=(signal.SIGTERM, signal.SIG_DFL))
             for _ in range(3):
                 pool.apply_async(nap, (30,))
             pids_file.write_text(" ".join(str(w.process.pid) for w in pool.workers))
@@ -129,7 +128,7 @@ def test_workers_leave_when_the_parent_is_killed(tmp_path: Any) -> None:
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
     killed = time.monotonic()
-    while time.monotonic() - killed < 3.0:
+    while time.monotonic() - killed < 1.0:
         alive = [p for p in workers if _alive(p)]
         if not alive:
             break
