@@ -218,8 +218,8 @@ class Executor:
             block = False
 
     def _drain_progress(self) -> None:
-        source = self.progress_queue
-        if source is None or self.pool is None:
+        source = self.progress_queue  # (jobs run inline report directly: _DirectProgress)
+        if source is None:
             return
         nbytes = files = found = sized = 0
         try:
@@ -237,7 +237,7 @@ class Executor:
             self.on_progress(nbytes, files, found, sized)
 
     def _lost(self, calls: list[Call], culprit: Call | None) -> None:
-        """A worker died with these calls unanswered (the pool has replaced it already)."""
+        """A worker died with these calls unanswered (the pool starts another for them)."""
         assert self.pool is not None
         jobs: list[Job] = [call.args[0] for call in calls]
         self.abandoned.extend(jobs)  # a SIGKILLed worker could not remove its temporary file
