@@ -87,7 +87,40 @@ class _Worker:
         self.calls: deque[Call] = deque()  # sent, unanswered, in the order sent
 
 
-class WorkerPool:
+class CallQueue:
+    """What every pool does with calls before they reach a worker: number them, keep the ones
+    no worker has yet (the backlog) and hand them out (_dispatch, the pool's own)."""
+
+    def __init__(self, processes: int, on_lost: Callable[[list[Call], Call | None], None]) -> None:
+        self.on_lost = on_lost
+        self.max_workers = processes
+        self.backlog: deque[Call] = deque()
+        self.ids = 0
+        self.closed = False
+
+    def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
+                    callback: Callable[[Any], None] | None = None,
+                    error_callback: Callable[[BaseException], None] | None = None) -> Call:
+        """Queue func(*args); its result goes to callback (or its exception to error_callback)
+        from a later poll()."""
+        if self.closed:
+            raise ValueError("pool is closed")
+        self.ids += 1
+        call = Call(self.ids, func, args, callback, error_callback)
+        self.backlog.append(call)
+        self._dispatch()
+        return call
+
+    def resubmit(self, call: Call) -> None:
+        """Send a lost call again, ahead of the backlog."""
+        self.backlog.appendleft(call)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        raise NotImplementedError
+
+
+class WorkerPool(CallQueue):
     """apply_async(func, args, callback, error_callback) on up to `processes` worker processes,
     started as the work needs them: a new one only when every running worker is busy, so a run
     with three jobs starts three workers whatever -j says.
@@ -99,15 +132,11 @@ class WorkerPool:
     def __init__(self, processes: int, ctx: Any, initializer: Callable[..., None] | None = None,
                  initargs: tuple[Any, ...] = (),
                  on_lost: Callable[[list[Call], Call | None], None] = lambda calls, culprit: None) -> None:
+        super().__init__(processes, on_lost)
         self.ctx = ctx
         self.initializer = initializer
         self.initargs = initargs
-        self.on_lost = on_lost
         self.workers: list[_Worker] = []
-        self.backlog: deque[Call] = deque()
-        self.ids = 0
-        self.closed = False
-        self.max_workers = processes
 
     # -- starting -------------------------------------------------------------------------------
     def _start_worker(self) -> _Worker:
@@ -132,24 +161,6 @@ class WorkerPool:
         return [w.process.pid for w in self.workers]
 
     # -- calls ----------------------------------------------------------------------------------
-    def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
-                    callback: Callable[[Any], None] | None = None,
-                    error_callback: Callable[[BaseException], None] | None = None) -> Call:
-        """Queue func(*args); its result goes to callback (or its exception to error_callback)
-        from a later poll()."""
-        if self.closed:
-            raise ValueError("pool is closed")
-        self.ids += 1
-        call = Call(self.ids, func, args, callback, error_callback)
-        self.backlog.append(call)
-        self._dispatch()
-        return call
-
-    def resubmit(self, call: Call) -> None:
-        """Send a lost call again, ahead of the backlog."""
-        self.backlog.appendleft(call)
-        self._dispatch()
-
     @property
     def outstanding(self) -> int:
         return len(self.backlog) + sum(len(w.calls) for w in self.workers)

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from pcopy.errors import RefusedError
-from pcopy.pool import CALLS_PER_WORKER, Call
+from pcopy.pool import CALLS_PER_WORKER, Call, CallQueue
 
 if TYPE_CHECKING:
     from pcopy.config import Config
@@ -291,7 +291,7 @@ class _Actor:
         self.calls: deque[tuple[Call, Any]] = deque()  # (call, ObjectRef), in the order sent
 
 
-class RayPool:
+class RayPool(CallQueue):
     """apply_async(func, args, callback, error_callback) on up to `processes` Ray actors,
     started as the work needs them (as pool.WorkerPool does): a new one only when every running
     actor is busy, so a small copy on a large cluster does not start an actor per CPU.
@@ -314,14 +314,10 @@ class RayPool:
         self.progress_queue: ProgressChannel | None = progress_channel() if progress else None
         if self.progress_queue is not None:
             initargs = (*initargs, self.progress_queue)
+        super().__init__(processes, on_lost)
         self.initializer = initializer
         self.initargs = initargs
-        self.on_lost = on_lost
-        self.max_workers = processes
         self.workers: list[_Actor] = []
-        self.backlog: deque[Call] = deque()
-        self.ids = 0
-        self.closed = False
         self.start_failures = 0
         self.max_start_failures = MAX_START_FAILURES_PER_WORKER * processes
         self.kernel = _kernel()
@@ -360,23 +356,9 @@ class RayPool:
         return _Actor(handle, node_id)
 
     # -- calls ----------------------------------------------------------------------------------
-    @passes_interrupts
-    def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
-                    callback: Callable[[Any], None] | None = None,
-                    error_callback: Callable[[BaseException], None] | None = None) -> Call:
-        if self.closed:
-            raise ValueError("pool is closed")
-        self.ids += 1
-        call = Call(self.ids, func, args, callback, error_callback)
-        self.backlog.append(call)
-        self._dispatch()
-        return call
-
-    @passes_interrupts
-    def resubmit(self, call: Call) -> None:
-        """Send a lost call again, ahead of the backlog."""
-        self.backlog.appendleft(call)
-        self._dispatch()
+    # Ray's calls may wrap an interrupt raised inside them: every entry point unwraps it.
+    apply_async = passes_interrupts(CallQueue.apply_async)
+    resubmit = passes_interrupts(CallQueue.resubmit)
 
     def _dispatch(self) -> None:
         while self.backlog:
