@@ -92,14 +92,15 @@ def remove_leftovers(directory: str, keep: frozenset[str] | set[str] = frozenset
     return removed
 
 
-def create_temp(dst: str, mode: int) -> tuple[int, str]:
+def create_temp(dst: str, mode: int, dir_fd: int | None = None) -> tuple[int, str]:
     """Create and open (read-write, so --verify can read it back) a new temporary file for dst;
-    never follows or reuses an existing entry."""
+    never follows or reuses an existing entry. With dir_fd, dst is a name in that directory
+    (and so is the temporary name returned)."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | O_BINARY | O_NOFOLLOW | O_CLOEXEC
     while True:
         path = temp_path(dst)
         try:
-            return os.open(path, flags, mode), path
+            return os.open(path, flags, mode, dir_fd=dir_fd), path
         except FileExistsError:  # 2**32 names: a clash is a leftover, try another name
             continue
 

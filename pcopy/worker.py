@@ -353,7 +353,49 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     dst_dir = _dst_dir(job.dst_dir)
     lean = _Lean.of(job, dst_dir)
-    stat_of = os.stat if job.options.dereference else os.lstat
+    with _DirFds(job.src_dir, job.dst_dir if lean is not None else None) as fds:
+        return _run_dir_in(job, progress, result, on_bytes, dst_dir, lean, fds)
+
+
+class _DirFds:
+    """The job's source (and, for the lean path, destination) directory opened once, so the
+    per-file calls name a file relative to it (the *at calls) instead of by a full path: on a
+    network or FUSE file system without attribute caching every component of a path is a round
+    trip (LOOKUP, GETATTR) per call. None where *at calls are missing (Windows) or a directory
+    cannot be opened: then full paths, as before."""
+
+    __slots__ = ("dst", "src", "src_path")
+
+    def __init__(self, src_dir: str, dst_dir: str | None) -> None:
+        self.src_path = src_dir
+        self.src = _open_dir(src_dir)
+        self.dst = _open_dir(dst_dir) if dst_dir is not None and self.src is not None else None
+
+    def __enter__(self) -> _DirFds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in (self.src, self.dst):
+            if fd is not None:
+                os.close(fd)
+
+
+_AT_CALLS = (hasattr(os, "O_DIRECTORY") and {os.open, os.stat, os.rename, os.unlink} <= os.supports_dir_fd
+             and os.stat in os.supports_follow_symlinks)
+
+
+def _open_dir(path: str) -> int | None:
+    if not _AT_CALLS:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_bytes: Callable[[int], None],
+                dst_dir: DstDir | None, lean: _Lean | None, fds: _DirFds) -> JobResult:
+    follow = job.options.dereference
     # Plain concatenation: os.path.join costs ~2 us, twice per file.
     src_prefix = os.path.join(job.src_dir, "")
     dst_prefix = os.path.join(job.dst_dir, "")
@@ -363,7 +405,8 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
     for name in job.names:
         src = src_prefix + name
         try:
-            st = stat_of(src)
+            st = (os.stat(name, dir_fd=fds.src, follow_symlinks=follow) if fds.src is not None
+                  else os.stat(src, follow_symlinks=follow))
         except OSError as exc:
             result.failures.append(CopyFailure.of(src, exc, STEP_STAT))
             continue
@@ -394,7 +437,7 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
         if task is not None:
             _copy_one(task, job.options, dst_dir, result, on_bytes)
         elif lean is not None:
-            lean.copy(src_prefix + name, dst_prefix + name, st, result, on_bytes)
+            lean.copy(src_prefix + name, dst_prefix + name, st, result, on_bytes, name, fds)
         if progress is not None:
             progress.add_file()
     return result
@@ -443,14 +486,16 @@ class _Lean:
                 and (not self.group or st.st_gid == self.new_gid))
 
     def copy(self, src: str, dst: str, st: os.stat_result, result: JobResult,
-             on_bytes: Callable[[int], None]) -> None:
-        """copy_entry for a file `takes` accepted, with dst_state's quick check."""
+             on_bytes: Callable[[int], None], name: str, fds: _DirFds) -> None:
+        """copy_entry for a file `takes` accepted, with dst_state's quick check. Where the
+        job's directories are open (fds), every call names the file relative to them."""
         size = st.st_size
         step = STEP_COMPARE  # what a failure was doing (a local: free on the way)
+        src_at, dst_at = (name, name) if fds.dst is not None else (src, dst)
         try:
             replacing = False
             if self.check_dst:
-                there = _existing(dst)
+                there = _existing(dst_at, fds.dst, dst)
                 if there is not None:
                     state = _file_up_to_date(dst, size, st.st_mtime_ns, st.st_mode, there)
                     if state != DST_DIFFERS:
@@ -458,10 +503,10 @@ class _Lean:
                         return
                     replacing = True
             step = STEP_OPEN
-            src_fd = os.open(src, self.src_flags)
+            src_fd = os.open(src_at, self.src_flags, dir_fd=fds.src if fds.dst is not None else None)
             try:
                 step = STEP_CREATE
-                dst_fd, tmp = create_temp(dst, stat.S_IMODE(st.st_mode))
+                dst_fd, tmp = create_temp(dst_at, stat.S_IMODE(st.st_mode), fds.dst)
                 try:
                     try:
                         step = STEP_COPY
@@ -475,9 +520,9 @@ class _Lean:
                     finally:
                         os.close(dst_fd)
                     step = STEP_RENAME
-                    os.replace(tmp, dst)
+                    os.replace(tmp, dst_at, src_dir_fd=fds.dst, dst_dir_fd=fds.dst)
                 except BaseException:
-                    _remove(tmp)
+                    _remove(tmp, fds.dst)
                     raise
             finally:
                 os.close(src_fd)
@@ -530,15 +575,15 @@ def dst_state(task: EntryTask) -> int:
     return DST_SAME if _same_symlink(task, there) else DST_DIFFERS
 
 
-def _existing(dst: str) -> os.stat_result | None:
-    """The lstat of what is at dst, None when nothing is. A directory where a non-directory
-    belongs is an error, never replaced."""
+def _existing(dst: str, dir_fd: int | None = None, shown: str | None = None) -> os.stat_result | None:
+    """The lstat of what is at dst (a name in dir_fd, if given), None when nothing is. A
+    directory where a non-directory belongs is an error (naming `shown`), never replaced."""
     try:
-        there = os.lstat(dst)
+        there = os.lstat(dst, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     if stat.S_ISDIR(there.st_mode):
-        raise IsADirectoryError(21, "cannot overwrite directory with non-directory", dst)
+        raise IsADirectoryError(21, "cannot overwrite directory with non-directory", shown or dst)
     return there
 
 
@@ -781,6 +826,6 @@ def _run_range(job: RangeJob, progress: _Progress | None) -> JobResult:
     return result
 
 
-def _remove(path: str) -> None:
+def _remove(path: str, dir_fd: int | None = None) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
