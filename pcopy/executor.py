@@ -26,7 +26,7 @@ from pcopy.jobs import BatchJob, CopyFailure, DirJob, Job, JobResult, RangeJob
 from pcopy.worker import init_worker, run_job
 
 if TYPE_CHECKING:  # imported when a pool starts: multiprocessing is kept off the start-up path
-    from pcopy.pool import Call, WorkerPool
+    from pcopy.pool import Call, EnginePool
 
 # Jobs outstanding per worker: enough that a worker never waits for the parent to hand it the
 # next job, few enough that memory stays flat (a batch job is ~256 small records).
@@ -112,7 +112,7 @@ class Executor:
         self.inline_progress = _DirectProgress(on_progress)
         self.progress_queue: Any = None
         self.ctx: Any = None
-        self.pool: WorkerPool | None = None
+        self.pool: EnginePool | None = None
         self.manager: Any = None
         self.held: list[Job] = []
         self.pending: dict[int, Job] = {}  # job_id -> job, submitted and not yet returned
@@ -169,15 +169,13 @@ class Executor:
         if self.config.engine == "ray":
             # Ray actors instead of local processes, and no Manager: its proxies are refused
             # inside Ray workers; progress travels on a Ray queue the pool owns.
-            from typing import cast
-
             from pcopy.raypool import RayPool
 
             with deferred():  # (actors start asynchronously: this takes milliseconds)
                 ray_pool = RayPool(self.config.jobs, initializer=init_worker, on_lost=self._lost,
                                    progress=self.want_progress, on_progress=self.on_progress)
             self.progress_queue = ray_pool.progress_queue
-            self.pool = cast(WorkerPool, ray_pool)  # the executor uses raypool.EnginePool's calls only
+            self.pool = ray_pool
             return
         if self.ctx is None:
             import multiprocessing

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 from pcopy.errors import WorkerStop
 from pcopy.interrupts import deferred, signals_blocked, unblock_signals
@@ -85,6 +85,18 @@ class _Worker:
         self.jobs = jobs  # parent writes
         self.results = results  # parent reads
         self.calls: deque[Call] = deque()  # sent, unanswered, in the order sent
+
+
+class EnginePool(Protocol):
+    """What the executor needs of a pool: WorkerPool and raypool.RayPool both are one."""
+
+    def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
+                    callback: Callable[[Any], None] | None = None,
+                    error_callback: Callable[[BaseException], None] | None = None) -> Call: ...
+    def resubmit(self, call: Call) -> None: ...
+    def poll(self, timeout: float) -> None: ...
+    def close(self) -> None: ...
+    def terminate(self) -> list[Call]: ...
 
 
 class CallQueue:

@@ -1,6 +1,6 @@
 """RayPool: the pool interface of pool.WorkerPool, on Ray actors, for `--engine ray`.
 
-The executor talks to a pool through five calls (EnginePool below): apply_async, poll, resubmit,
+The executor talks to a pool through five calls (pool.EnginePool): apply_async, poll, resubmit,
 close, terminate; plus a progress channel it drains with get_nowait. WorkerPool does that with
 local processes; RayPool with one Ray actor per worker, spread over the nodes the probe checked.
 
@@ -48,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pcopy.errors import RefusedError
 from pcopy.pool import CALLS_PER_WORKER, Call, CallQueue
@@ -100,18 +100,6 @@ WORKER_CLASS_NAME = "PcopyWorker"
 class EngineError(OSError):
     """The Ray engine cannot go on (workers keep dying before they start). An OSError so that
     the CLI reports it in one line (exit 1) like other environment failures."""
-
-
-class EnginePool(Protocol):
-    """What the executor needs of a pool: pool.WorkerPool and RayPool both are one."""
-
-    def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
-                    callback: Callable[[Any], None] | None = None,
-                    error_callback: Callable[[BaseException], None] | None = None) -> Call: ...
-    def resubmit(self, call: Call) -> None: ...
-    def poll(self, timeout: float) -> None: ...
-    def close(self) -> None: ...
-    def terminate(self) -> list[Call]: ...
 
 
 def interruption(exc: BaseException) -> BaseException | None:

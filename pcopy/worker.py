@@ -364,10 +364,9 @@ class _DirFds:
     trip (LOOKUP, GETATTR) per call. None where *at calls are missing (Windows) or a directory
     cannot be opened: then full paths, as before."""
 
-    __slots__ = ("dst", "src", "src_path")
+    __slots__ = ("dst", "src")
 
     def __init__(self, src_dir: str, dst_dir: str | None) -> None:
-        self.src_path = src_dir
         self.src = _open_dir(src_dir)
         self.dst = _open_dir(dst_dir) if dst_dir is not None and self.src is not None else None
 

@@ -213,3 +213,25 @@ def _restore_signal_handlers() -> Iterator[None]:
     for sig, handler in saved.items():
         if signal.getsignal(sig) is not handler and handler is not None:
             signal.signal(sig, handler)
+
+
+def pc(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
+    """pcopy's CLI in-process (typer's CliRunner): (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from pcopy.cli import app
+
+    result = CliRunner().invoke(app, [os.fspath(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def pc_json(*args: str | os.PathLike[str]) -> dict[str, Any]:
+    """pc with --json: the report, its stderr under "stderr", and its change records as
+    --itemize lines ("ACTION PATH", paths relative to DST)."""
+    code, out, err = pc(*args, "--json")
+    data: dict[str, Any] = json.loads(out)
+    assert data["exit_code"] == code, err
+    data["stderr"] = err
+    data["changes"] = [f"{c['action']} {c['path']}" for c in data.get("changes", [])]
+    return data

@@ -16,34 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import pc, pc_json
 from treeutil import assert_same_tree, stamp_times, write
-from typer.testing import CliRunner
 
 from pcopy import bwlimit
 from pcopy.bwlimit import parse_rate, slice_bytes
-from pcopy.cli import app
 from pcopy.jobs import BatchJob, CopyOptions
 from pcopy.metadata import partial_path, remove_leftovers
 from pcopy.partial import MIN_BYTES
 from pcopy.worker import run_job, task_from_stat
-
-runner = CliRunner()
-
-
-def pc(*args: str | Path) -> tuple[int, str, str]:
-    result = runner.invoke(app, [os.fspath(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def pc_json(*args: str | Path) -> dict[str, Any]:
-    code, out, err = pc(*args, "--json")
-    data = json.loads(out)
-    assert data["exit_code"] == code, err
-    data["stderr"] = err
-    # The report's change records as --itemize lines ("ACTION PATH", paths relative to DST).
-    data["changes"] = [f"{c['action']} {c['path']}" for c in data.get("changes", [])]
-    return data
 
 
 def ino(path: Path) -> tuple[int, int]:

@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunPcopy
+from conftest import RunPcopy, pc
 from treeutil import assert_same_tree, stamp_times, write
-from typer.testing import CliRunner
 
 import pcopy
-from pcopy.cli import MAX_JOBS_PER_CPU, app
+from pcopy.cli import MAX_JOBS_PER_CPU
 from pcopy.config import default_jobs, parse_size
-
-runner = CliRunner()
-
-
-def pc(*args: str | Path) -> tuple[int, str, str]:
-    result = runner.invoke(app, [os.fspath(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

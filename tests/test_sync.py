@@ -17,14 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Nobody
+from conftest import Nobody, pc, pc_json
 from treeutil import Snapshot, assert_same_tree, snapshot, stamp_times, temp_leftovers, write
-from typer.testing import CliRunner
 
 import pcopy
-from pcopy.cli import app
-
-runner = CliRunner()
 
 # Keys of the JSON report that a dry run must reproduce exactly (all but time and the flag).
 COUNT_KEYS = ("files", "dirs", "bytes", "copied", "copied_bytes", "replaced", "replaced_bytes",
@@ -32,19 +28,6 @@ COUNT_KEYS = ("files", "dirs", "bytes", "copied", "copied_bytes", "replaced", "r
               "delete_skipped")
 
 
-def pc(*args: str | Path) -> tuple[int, str, str]:
-    result = runner.invoke(app, [os.fspath(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def pc_json(*args: str | Path) -> dict[str, Any]:
-    code, out, err = pc(*args, "--json")
-    data = json.loads(out)
-    assert data["exit_code"] == code, err
-    # changes are {action, path} records; these tests compare them as --itemize lines
-    data["changes"] = [f"{c['action']} {c['path']}" for c in data["changes"]]
-    return data
 
 
 def counts(data: dict[str, Any]) -> dict[str, Any]:
