@@ -8,6 +8,7 @@ directory and runs Debian's /usr/bin/python3 with PYTHONPATH pointing there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -235,3 +236,19 @@ def pc_json(*args: str | os.PathLike[str]) -> dict[str, Any]:
     data["stderr"] = err
     data["changes"] = [f"{c['action']} {c['path']}" for c in data.get("changes", [])]
     return data
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mount` (made here) for the block: a small disk to fill, or
+    another device. Skips the test where mounting is not possible (not root, no permission)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

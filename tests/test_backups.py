@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import pc, pc_json
+from conftest import pc, pc_json, tmpfs
 from treeutil import assert_same_tree, stamp_times, write
 
 from pcopy import bwlimit
@@ -133,17 +133,8 @@ def test_link_dest_missing_warns_once_and_copies(src: Path, tmp_path: Path) -> N
 
 
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "other-device"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                      capture_output=True, check=False).returncode != 0:
-        pytest.skip("cannot mount tmpfs here")
-    try:
+    with tmpfs(tmp_path / "other-device", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 other_device = pytest.fixture(small_tmpfs)
