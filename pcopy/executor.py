@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pcopy.config import Config
-from pcopy.jobs import BatchJob, CopyFailure, DirJob, Job, JobResult, RangeJob
+from pcopy.jobs import BatchJob, CopyFailure, DirJob, Job, JobResult, RangeJob, ScanJob
 from pcopy.worker import init_worker, run_job
 
 if TYPE_CHECKING:  # imported when a pool starts: multiprocessing is kept off the start-up path
@@ -61,8 +61,8 @@ def job_dst_dirs(job: Job) -> set[str]:
     """Directories a job writes temporary files in."""
     if isinstance(job, RangeJob):
         return set()  # a range writes into the parent's own temporary file
-    if isinstance(job, DirJob):
-        return {job.dst_dir}
+    if isinstance(job, (DirJob, ScanJob)):
+        return {job.dst_dir}  # (a scan's new subdirectories are empty until their own jobs run)
     return {os.path.dirname(t.dst) for t in job.tasks}
 
 
@@ -71,6 +71,8 @@ def job_paths(job: Job) -> list[str]:
         return [job.src]
     if isinstance(job, DirJob):
         return [os.path.join(job.src_dir, name) for name in job.names]
+    if isinstance(job, ScanJob):
+        return [job.src_dir]
     return [t.src for t in job.tasks]
 
 
@@ -259,6 +261,11 @@ class Executor:
                 self.on_result(JobResult(job.job_id))
                 for name in job.names:
                     self._send_single(job._replace(job_id=next(self.split_ids), names=(name,)))
+            elif isinstance(job, ScanJob) and job.copy_names:
+                # Listed again without copying: its names go out as DirJobs, which the split
+                # above narrows down to the one entry, if one of them is what kills workers.
+                self.attempts[job.job_id] = self.attempts.get(job.job_id, 0) + 1
+                self._send(job._replace(copy_names=False))
             else:
                 self.attempts[job.job_id] = self.attempts.get(job.job_id, 0) + 1
                 self.pool.resubmit(call)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from pcopy.walk import Entry
 
 
 class Kind(str, Enum):
@@ -139,6 +142,40 @@ class DirJob(NamedTuple):
     options: CopyOptions
 
 
+class ScanJob(NamedTuple):
+    """One source directory for a worker to list: it makes the destination directories of the
+    subdirectories it finds and hands them back (each becomes a ScanJob of its own), so the walk
+    runs in every worker at once instead of one directory after another in the parent. Its
+    non-directory names it copies itself (as a DirJob would) when they are few or the directory
+    is a leaf; otherwise it hands them back in chunks, so that finding the subdirectories never
+    waits on copying (on slow storage the walk's speed bounds the whole copy's)."""
+
+    job_id: int
+    src_dir: str
+    rel: str  # relative to SRC, os.sep-joined ("" for the root)
+    dst_dir: str
+    check_dst: bool  # False: dst_dir was made in this run, nothing can be in it
+    # --copy-links: (st_dev, st_ino) of src_dir and its ancestors, to refuse a symlink loop.
+    ancestors: frozenset[tuple[int, int]]
+    batch_files: int
+    copy_names: bool  # False (a retry after the job's worker died): hand back every name
+    split_bytes: int
+    job_bytes: int
+    hand_back_links: bool
+    filters: Any  # pcopy.filters.FilterSet or None (plain, picklable rules)
+    options: CopyOptions
+
+
+class FoundDir(NamedTuple):
+    """A subdirectory a ScanJob found: its stat, where it now is in DST, and whether this run made
+    it (fresh) or merged into an existing one."""
+
+    entry: Entry
+    dst: str
+    fresh: bool
+    ancestors: frozenset[tuple[int, int]]
+
+
 class RangeJob(NamedTuple):
     """Bytes [offset, offset + length) of a large file, written into its pre-sized temporary file."""
 
@@ -155,7 +192,7 @@ class RangeJob(NamedTuple):
     in_kernel: bool = False
 
 
-Job = BatchJob | DirJob | RangeJob
+Job = BatchJob | DirJob | RangeJob | ScanJob
 
 
 class CopyFailure(NamedTuple):
@@ -209,3 +246,23 @@ class JobResult:
     resumed_bytes: int = 0  # bytes those files did not copy again
     link_fallbacks: int = 0  # --link-dest matches the file system would not link: copied
     attributes: int = 0  # of skipped: entries whose permissions or times were set (DST_ATTRS)
+    # ScanJob: what the listing found. None (not an empty list) for the other jobs: a result
+    # costs nothing more per file on the copy path.
+    dirs: list[FoundDir] | None = None
+    names: list[tuple[str, ...]] | None = None  # chunks of names handed back for DirJobs
+    listed: int = 0  # non-directory names found (those copied here and those handed back)
+
+    def absorb(self, other: JobResult) -> None:
+        """Add other's counts and lists to this result's (the parts of one job run on threads)."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures.extend(other.failures)
+        self.handed_back.extend(other.handed_back)
+        if other.changes:
+            if self.changes is None:
+                self.changes = []
+            self.changes.extend(other.changes)
+
+
+_COUNTS = ("files", "bytes", "replaced", "replaced_bytes", "skipped", "skipped_bytes", "hardlinked",
+           "hardlinked_bytes", "backed_up", "resumed", "resumed_bytes", "link_fallbacks", "attributes")

@@ -1,8 +1,9 @@
 """make_plan's pieces: turn walked entries and a Config into jobs. Pure: no I/O, no processes.
 
-- The walk hands over names of non-directories unstat'ed, up to batch_files per directory chunk:
-  each chunk becomes one DirJob, and the worker stats the names (so the parent's cost per file is
-  one directory-entry read, and one apply_async, ~30 us, is shared by hundreds of files).
+- The walk is jobs too: a ScanJob per directory, listed by a worker, which makes the destination
+  subdirectories and copies the directory's names itself or hands them back in chunks of up to
+  batch_files; each chunk becomes one DirJob, and the worker stats the names (so one
+  apply_async, ~30 us, is shared by hundreds of files, and the parent stats nothing).
 - Entries whose stat is known (a single-file copy, pcopy.copytree's listing, what a DirJob hands
   back) are batched: a job closes at batch_files entries or batch_bytes bytes.
 - Files larger than chunk_bytes (when one is set) become a SplitFile: the runner pre-sizes a temporary file and
@@ -29,6 +30,7 @@ from pcopy.jobs import (
     DirJob,
     EntryTask,
     Kind,
+    ScanJob,
 )
 from pcopy.walk import Entry, Names
 
@@ -140,6 +142,15 @@ class Planner:
         return DirJob(self.next_id(), names.src_dir, dst_dir, names.names, check_dst,
                       split_bytes=self.split_bytes, job_bytes=self.config.batch_bytes,
                       hand_back_links=self.config.preserve_hard_links, options=self.options)
+
+    def scan_job(self, src_dir: str, rel: str, dst_dir: str, check_dst: bool,
+                 ancestors: frozenset[tuple[int, int]]) -> ScanJob:
+        """One directory for a worker to list (see ScanJob)."""
+        config = self.config
+        return ScanJob(self.next_id(), src_dir, rel, dst_dir, check_dst, ancestors, config.batch_files,
+                       copy_names=True, split_bytes=self.split_bytes, job_bytes=config.batch_bytes,
+                       hand_back_links=config.preserve_hard_links, filters=config.filters or None,
+                       options=self.options)
 
     def add_task(self, task: EntryTask) -> list[BatchJob | SplitFile]:
         """Plan one entry whose stat is known (also what a DirJob hands back)."""

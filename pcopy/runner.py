@@ -37,6 +37,7 @@ from pcopy import bwlimit
 from pcopy.backup import back_up, mirror_rules
 from pcopy.backup import prepare as prepare_backups
 from pcopy.config import Config
+from pcopy.dirs import Directories, fsync_path
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.fastcopy import copy_file_range_works, data_segments
 from pcopy.interrupts import deferred, signals_raise
@@ -56,35 +57,37 @@ from pcopy.jobs import (
     STEP_CREATE,
     STEP_LINK,
     STEP_METADATA,
-    STEP_MKDIR,
     STEP_RENAME,
-    STEP_WALK,
     BatchJob,
     CopyFailure,
     CopyOptions,
+    DirJob,
     EntryTask,
     Job,
     JobResult,
     Kind,
     RangeJob,
+    ScanJob,
 )
 from pcopy.linkdest import find_link, link_into_place
 from pcopy.metadata import (
     apply_metadata,
     copy_xattrs,
     create_temp,
-    current_umask,
-    masked_mode,
     remove_leftovers,
     temp_mode,
     temp_path,
 )
-from pcopy.plan import HardLink, Planner, SplitFile, dst_path, options_for, split_ranges
+from pcopy.plan import HardLink, Planner, SplitFile, options_for, split_ranges
 from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
 from pcopy.target import Target, dst_refused
-from pcopy.walk import Entry, Names, make_entry, walk_tree
+from pcopy.walk import Entry, Names, make_entry
 from pcopy.worker import ChangedError, judge_task, task_from_stat
+
+# Chunks of names waiting to be submitted before the walk yields to them (~256 names each: the
+# walk may run ahead of the copy by ~260,000 names, ~30 MB).
+DIR_JOBS_AHEAD = 1024
 
 
 @dataclass
@@ -137,11 +140,13 @@ class CopyRun:
         # removed: an interruption removes them, a worker's clean-up keeps them.
         self.parent_temps: set[str] = set()
         self.range_owner: dict[int, int] = {}  # job_id of a RangeJob -> its split file's id
-        self.dirs: list[tuple[str, Entry]] = []  # (dst, entry) in walk order, for the end
-        self.fresh_dirs: set[str] = set()  # rel paths of directories this run created
-        self.blocked_dirs: set[str] = set()  # rel paths whose destination could not be made
-        # What results hand back (large files, hard links, files beyond a job's budget) is
-        # planned from the main loop, never from inside a result handler (no re-entrant submits).
+        self.directories = Directories(config, self.report, self.preserve_owner, self.preserve_group)
+        # What results hand back is submitted from the main loop (submit_waiting), never from
+        # inside a result handler (no re-entrant submits): directories to list, chunks of names
+        # to copy, and entries to plan (large files, hard links, files beyond a job's budget).
+        self.scans: deque[ScanJob] = deque()
+        self.scans_out: dict[int, ScanJob] = {}  # submitted, not yet returned
+        self.dir_jobs: deque[DirJob] = deque()
         self.followups: deque[EntryTask] = deque()
         self.mirror_target: Target | None = None  # --delete: run mirror() for it after the copy
         self.link_fallbacks = 0  # --link-dest: matches the file system would not link
@@ -171,30 +176,48 @@ class CopyRun:
             if self.mirror_target is not None:
                 # Before directory metadata: removing entries changes their directories' mtimes.
                 mirror(self.mirror_target, self.config, self.report, self.options)
-            self.finish_dirs()
+            self.directories.finish()
         except BaseException:  # interrupted (or a bug): no temporary file of ours stays behind
             self.remove_parent_temps()
             raise
         self.report.seconds = time.perf_counter() - start
         return self.report
 
-    def settle(self) -> None:
-        """Run everything planned, and everything results hand back, to the end."""
+    def settle(self, walk_only: bool = False) -> None:
+        """Run everything planned, and everything results hand back, to the end (walk_only:
+        until every directory has been listed)."""
         executor = self.executor
         while True:
-            self.drain_followups()
+            self.submit_waiting()
+            if walk_only and not self.scans_out:
+                return
             if executor.pending:
                 executor.wait(block=True)
-            elif jobs := self.planner.flush():
+            elif not walk_only and (jobs := self.planner.flush()):
                 self.submit_all(jobs)
             elif executor.held:
                 executor.run_held()
-            elif not self.followups:
+            elif not (self.followups or self.dir_jobs or self.scans):
                 return
 
-    def drain_followups(self) -> None:
-        while self.followups:
-            self.submit_all(self.planner.add_task(self.followups.popleft()))
+    def submit_waiting(self) -> None:
+        """Submit what results handed back: directories to list first (the walk is what finds
+        work for every worker), unless DIR_JOBS_AHEAD chunks of names already wait (the walk
+        may run ahead of the copy, by that much memory)."""
+        while True:
+            if self.scans and len(self.dir_jobs) < DIR_JOBS_AHEAD:
+                scan = self.scans.popleft()
+                self.scans_out[scan.job_id] = scan  # (before submit: -j 1 runs it right here)
+                self.executor.submit(scan)
+            elif self.dir_jobs:
+                self.executor.submit(self.dir_jobs.popleft())
+            elif self.scans:
+                self.scans_out[self.scans[0].job_id] = self.scans[0]
+                self.executor.submit(self.scans.popleft())
+            elif self.followups:
+                self.submit_all(self.planner.add_task(self.followups.popleft()))
+            else:
+                return
 
     def on_progress(self, nbytes: int, files: int, found: int, sized: int) -> None:
         if found or sized:  # sizes of names the walk handed to workers (add_names)
@@ -217,24 +240,30 @@ class CopyRun:
         self.submit_all(self.planner.add(entry, target.dst, check_dst=True))
 
     def copy_tree(self, target: Target) -> None:
-        root = target.dst
-        root_entry = make_entry(target.src, "", os.stat(target.src))
+        """DST made here, then the walk runs as ScanJobs in the workers (pcopy.scan): each lists
+        one directory and hands back its subdirectories, made in DST, and names to copy."""
+        st = os.stat(target.src)
+        root_entry = make_entry(target.src, "", st)
         assert root_entry is not None
-        self.make_dir(root_entry, root, parents=True)
-        filters = self.config.filters
-        for item in walk_tree(target.src, dereference=self.config.dereference,
-                              on_error=self.walk_error, chunk=self.config.batch_files,
-                              excluded=filters.excluded if filters else None):
-            if isinstance(item, Names):
-                if item.rel_dir not in self.blocked_dirs:
-                    self.progress.add_names(len(item.names))  # the worker reports their sizes
-                    check_dst = item.rel_dir not in self.fresh_dirs
-                    self.executor.submit(self.planner.dir_job(item, dst_path(root, item.rel_dir), check_dst))
-            elif os.path.dirname(item.rel) in self.blocked_dirs:
-                self.blocked_dirs.add(item.rel)
-            else:
-                self.make_dir(item, dst_path(root, item.rel))
-            self.drain_followups()
+        if not self.directories.make(root_entry, target.dst, parents=True):
+            return
+        ancestors = frozenset({(st.st_dev, st.st_ino)}) if self.config.dereference else frozenset()
+        self.scans.append(self.planner.scan_job(target.src, "", target.dst, "" not in self.directories.fresh,
+                                                ancestors))
+        self.settle(walk_only=True)
+
+    def on_scanned(self, scan: ScanJob, result: JobResult) -> None:
+        """A directory listed: its subdirectories to list in turn, its names to copy."""
+        for found in result.dirs or ():
+            self.directories.add_found(found)
+            entry = found.entry
+            self.scans.append(self.planner.scan_job(entry.src, entry.rel, found.dst, not found.fresh,
+                                                    found.ancestors))
+        if result.listed:
+            self.progress.add_names(result.listed)  # the workers report their sizes
+        for names in result.names or ():
+            self.dir_jobs.append(self.planner.dir_job(Names(scan.src_dir, scan.rel, names), scan.dst_dir,
+                                                      scan.check_dst))
 
     def plan(self, entry: Entry, dst: str, check_dst: bool) -> None:
         self.progress.add_found(1, entry.size if entry.kind is Kind.FILE else 0)
@@ -247,93 +276,7 @@ class CopyRun:
             else:
                 self.executor.submit(job)
 
-    def walk_error(self, path: str, exc: OSError) -> None:
-        self.report.failures.append(CopyFailure.of(path, exc, STEP_WALK))
-
     # -- directories ----------------------------------------------------------------------------
-    def make_dir(self, entry: Entry, dst: str, parents: bool = False) -> None:
-        """Create dst private (0700) so nothing is readable before its final mode is applied at
-        the end; an existing directory is merged into. A dry run only looks: a directory that
-        is not there counts as made, and nothing below it can exist (check_dst False)."""
-        if self.config.dry_run:
-            self.look_at_dir(entry, dst, parents)
-            return
-        try:
-            if parents:
-                os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-            os.mkdir(dst, 0o700)
-            self.fresh_dirs.add(entry.rel)
-        except FileExistsError:
-            # The top-level DST may be a symlink to a directory: merged into, as cp and rsync do.
-            st = os.stat(dst) if parents else os.lstat(dst)
-            if not stat.S_ISDIR(st.st_mode):
-                self.blocked_dirs.add(entry.rel)
-                self.report.failures.append(CopyFailure(
-                    entry.src, None, f"destination {dst!r} exists and is not a directory", STEP_MKDIR))
-                return
-            # An existing directory may hold temporary files of a run that was killed (and
-            # partial files, which only a run with --partial continues: others clear them).
-            with suppress(OSError):
-                remove_leftovers(dst, keep_partial=self.config.partial)
-        except OSError as exc:
-            if parents:  # the DST root: nothing was written, nothing could be (exit 2)
-                raise dst_refused(dst, exc) from exc
-            self.blocked_dirs.add(entry.rel)
-            self.report.failures.append(CopyFailure.of(entry.src, exc, STEP_MKDIR))
-            return
-        self.dirs.append((dst, entry))
-
-    def look_at_dir(self, entry: Entry, dst: str, parents: bool) -> None:
-        try:
-            st = os.stat(dst) if parents else os.lstat(dst)
-        except FileNotFoundError:
-            self.fresh_dirs.add(entry.rel)
-        except OSError as exc:
-            self.blocked_dirs.add(entry.rel)
-            self.report.failures.append(CopyFailure.of(entry.src, exc, STEP_COMPARE))
-            return
-        else:
-            if not stat.S_ISDIR(st.st_mode):
-                self.blocked_dirs.add(entry.rel)
-                self.report.failures.append(CopyFailure(
-                    entry.src, None, f"destination {dst!r} exists and is not a directory", STEP_MKDIR))
-                return
-        self.dirs.append((dst, entry))
-
-    def finish_dirs(self) -> None:
-        """Directory metadata bottom-up (reverse walk order puts children before parents), after
-        their contents, so read-only directories copy and their mtimes are not disturbed."""
-        self.report.dirs = len(self.dirs)
-        if self.config.dry_run:
-            return
-        config = self.config
-        for dst, entry in reversed(self.dirs):
-            mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, current_umask())
-            task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
-                             entry.atime_ns, entry.mtime_ns)
-            try:
-                if entry.rel not in self.fresh_dirs and self._dir_up_to_date(dst, task):
-                    continue  # an up-to-date re-run writes nothing, not even directory times
-                if config.preserve_xattrs:
-                    copy_xattrs(entry.src, dst, follow_symlinks=True)
-                apply_metadata(dst, task, self.preserve_owner, preserve_group=self.preserve_group,
-                               times=config.preserve_times)
-                if self.config.fsync:
-                    _fsync_path(dst)  # makes the renames into it durable
-            except OSError as exc:
-                self.report.failures.append(CopyFailure.of(dst, exc, STEP_METADATA))
-
-    def _dir_up_to_date(self, dst: str, task: EntryTask) -> bool:
-        """An existing directory whose mode, mtime (and owner, where kept) already match and
-        into which this run wrote nothing (its mtime would have moved). Extended attributes
-        are always re-applied."""
-        if self.config.preserve_xattrs or not self.config.preserve_times:
-            return False
-        st = os.stat(dst)
-        return (stat.S_IMODE(st.st_mode) == stat.S_IMODE(task.mode) and st.st_mtime_ns == task.mtime_ns
-                and (not self.preserve_owner or st.st_uid == task.uid)
-                and (not self.preserve_group or st.st_gid == task.gid))
-
     # -- large files as byte ranges -----------------------------------------------------------------
     def start_split(self, task: EntryTask) -> None:
         step = STEP_COMPARE
@@ -438,7 +381,7 @@ class CopyRun:
             apply_metadata(state.tmp, task, self.preserve_owner, preserve_group=self.preserve_group,
                            times=self.config.preserve_times)
             if self.config.fsync:
-                _fsync_path(state.tmp)
+                fsync_path(state.tmp)
             step = STEP_RENAME
             if self.options.backup and state.replaces and back_up(task.dst, self.options):
                 self.report.backed_up += 1
@@ -484,6 +427,9 @@ class CopyRun:
     # -- results --------------------------------------------------------------------------------
     def on_result(self, result: JobResult) -> None:
         self.followups.extend(result.handed_back)
+        scan = self.scans_out.pop(result.job_id, None)
+        if scan is not None:
+            self.on_scanned(scan, result)
         file_id = self.range_owner.pop(result.job_id, None)
         if file_id is None:
             self.report.files += result.files
@@ -571,18 +517,6 @@ class CopyRun:
         link.src shares that inode in SRC, so its stat judges first_dst as well."""
         task = task_from_stat(link.src, link.first_dst, os.lstat(link.src), True)
         return task is not None and judge_task(task, self.options) >= DST_SAME
-
-
-def _fsync_path(path: str) -> None:
-    """fsync a file or (POSIX) a directory by path; Windows cannot open directories."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (PermissionError, IsADirectoryError):
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: str) -> None:

@@ -1,15 +1,14 @@
-"""walk_tree: a streaming, read-only scandir walk of the source tree.
+"""Reading the source tree: one directory at a time (list_dir), its entries as Entry records.
 
-Iterative (an explicit stack, so 300-deep trees hit no recursion limit), one directory open at a
-time, and entries are yielded as they are read so copying starts before a large tree is listed.
+The walk itself is spread over the workers (pcopy.scan: each directory is a job that hands back
+its subdirectories), so no part of it recurses and no process reads every directory.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 from pcopy.jobs import Kind
@@ -70,78 +69,41 @@ def make_entry(src: str, rel: str, st: os.stat_result) -> Entry | None:
 
 class Names(NamedTuple):
     """Up to `chunk` non-directory names of one source directory, not yet stat'ed: the workers
-    stat them, so the parent's cost per file is one directory-entry read (no syscall)."""
+    stat them, so the cost of listing a file is one directory-entry read (no syscall)."""
 
     src_dir: str
     rel_dir: str
     names: tuple[str, ...]
 
 
-def walk_tree(root: str, *, dereference: bool, on_error: OnError, chunk: int = 256,
-              excluded: Excluded | None = None) -> Iterator[Entry | Names]:
-    """Walk below root (not root itself): every directory as an Entry (stat'ed: its metadata
-    and loop detection need it), everything else as Names chunks. A directory's Entry comes
-    before anything inside it.
-
-    File types come from the directory entry (d_type), so files cost no syscall here. With
-    dereference, symlinks are followed (one stat each, to tell directories); a directory that
-    is its own ancestor (a loop) is reported through on_error as ELOOP and not entered. Errors
-    never stop the walk.
-
-    excluded (optional) filters by relative path: names with is_dir=False (d_type is known, so
-    no stat), directories with is_dir=True before they are stat'ed or entered.
-    """
-    root_st = os.stat(root)
-    # Ancestors are only needed to detect loops, which only followed symlinks can make.
-    root_ancestors = frozenset({(root_st.st_dev, root_st.st_ino)}) if dereference else frozenset()
-    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [(root, "", root_ancestors)]
-    while stack:
-        path, rel, ancestors = stack.pop()
-        try:
-            listing = os.scandir(path)
-        except OSError as exc:
-            on_error(path, exc)
-            continue
-        names: list[str] = []
-        with listing:
-            while True:
-                try:
-                    item = next(listing, None)
-                except OSError as exc:
-                    on_error(path, exc)
-                    break
-                if item is None:
-                    break
-                try:
-                    is_dir = item.is_dir(follow_symlinks=dereference)
-                except OSError:
-                    is_dir = False  # the worker's own stat will report what is wrong with it
-                if excluded is not None and excluded(f"{rel}/{item.name}" if rel else item.name, is_dir):
-                    continue
-                if not is_dir:
-                    names.append(item.name)
-                    if len(names) >= chunk:
-                        yield Names(path, rel, tuple(names))
-                        names = []
-                    continue
-                child_rel = os.path.join(rel, item.name) if rel else item.name
-                try:
-                    st = item.stat(follow_symlinks=dereference)
-                except OSError as exc:
-                    on_error(item.path, exc)
-                    continue
-                entry = make_entry(item.path, child_rel, st)
-                if entry is None or entry.kind is not Kind.DIR:  # replaced since the listing
-                    names.append(item.name)
-                    continue
-                if dereference:
-                    key = (st.st_dev, st.st_ino)
-                    if key in ancestors:
-                        on_error(item.path, OSError(errno.ELOOP, "symlink loop", item.path))
-                        continue
-                    stack.append((item.path, child_rel, ancestors | {key}))
-                else:
-                    stack.append((item.path, child_rel, ancestors))
-                yield entry
-        if names:
-            yield Names(path, rel, tuple(names))
+def list_dir(path: str, rel: str, *, dereference: bool, on_error: OnError,
+             excluded: Excluded | None = None) -> tuple[list[str], list[str]]:
+    """The names in directory path (rel below the root): (non-directories, directories), in
+    listing order. File types come from the directory entry (d_type), so a file costs no
+    syscall here; with dereference, symlinks are followed (one stat each, to tell directories).
+    excluded (optional) drops names by relative path ('/'-joined), a directory before it is
+    ever entered. An error is reported through on_error and ends the listing, never the run."""
+    names: list[str] = []
+    dirs: list[str] = []
+    try:
+        listing = os.scandir(path)
+    except OSError as exc:
+        on_error(path, exc)
+        return names, dirs
+    with listing:
+        while True:
+            try:
+                item = next(listing, None)
+            except OSError as exc:
+                on_error(path, exc)
+                break
+            if item is None:
+                break
+            try:
+                is_dir = item.is_dir(follow_symlinks=dereference)
+            except OSError:
+                is_dir = False  # the worker's own stat will report what is wrong with it
+            if excluded is not None and excluded(f"{rel}/{item.name}" if rel else item.name, is_dir):
+                continue
+            (dirs if is_dir else names).append(item.name)
+    return names, dirs

@@ -7,11 +7,12 @@ import contextlib
 import os
 import signal
 import stat
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from pcopy import bwlimit
+from pcopy import bwlimit, threads
 from pcopy.backup import back_up
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
 from pcopy.errors import WorkerStop
@@ -45,6 +46,7 @@ from pcopy.jobs import (
     JobResult,
     Kind,
     RangeJob,
+    ScanJob,
     tag_step,
 )
 from pcopy.linkdest import find_link, link_into_place
@@ -64,6 +66,7 @@ from pcopy.metadata import (
     temp_path,
 )
 from pcopy.partial import open_partial, resumable
+from pcopy.scan import scan_dir
 from pcopy.walk import kind_of
 
 
@@ -106,9 +109,10 @@ class _Progress:
     A message is (bytes done, files done, bytes found, names sized): the last two are a DirJob's
     stat results, so the display knows its total is final once every walked name is sized."""
 
-    __slots__ = ("found_bytes", "last", "pending_bytes", "pending_files", "queue", "sized_names")
+    __slots__ = ("found_bytes", "last", "lock", "pending_bytes", "pending_files", "queue", "sized_names")
 
     def __init__(self, queue: ProgressQueue) -> None:
+        self.lock = threading.Lock()  # a job's threads (pcopy.threads) count into one
         self.queue = queue
         self.pending_bytes = 0
         self.pending_files = 0
@@ -117,20 +121,27 @@ class _Progress:
         self.last = time.monotonic()
 
     def add_found(self, n: int, names: int) -> None:
-        self.found_bytes += n
-        self.sized_names += names
+        with self.lock:
+            self.found_bytes += n
+            self.sized_names += names
 
     def add_bytes(self, n: int) -> None:
-        self.pending_bytes += n
-        if self.pending_bytes >= PROGRESS_BYTES or time.monotonic() - self.last >= PROGRESS_INTERVAL_S:
-            self.flush()
+        with self.lock:
+            self.pending_bytes += n
+            if self.pending_bytes >= PROGRESS_BYTES or time.monotonic() - self.last >= PROGRESS_INTERVAL_S:
+                self._flush()
 
     def add_file(self) -> None:
-        self.pending_files += 1
-        if time.monotonic() - self.last >= PROGRESS_INTERVAL_S:
-            self.flush()
+        with self.lock:
+            self.pending_files += 1
+            if time.monotonic() - self.last >= PROGRESS_INTERVAL_S:
+                self._flush()
 
     def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if self.pending_bytes or self.pending_files or self.found_bytes or self.sized_names:
             try:
                 self.queue.put((self.pending_bytes, self.pending_files, self.found_bytes, self.sized_names))
@@ -169,6 +180,8 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
         _in_job = True
         if isinstance(job, DirJob):
             return _run_dir(job, progress)
+        if isinstance(job, ScanJob):
+            return _run_scan(job, progress)
         if isinstance(job, RangeJob):
             return _run_range(job, progress)
         return _run_batch(job, progress)
@@ -185,11 +198,20 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
     if job.options.record_changes:
         result.changes = []
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
-    for task in job.tasks:
-        _copy_one(task, job.options, None, result, on_bytes)
+
+    def copy(task: EntryTask, part: JobResult) -> None:
+        _copy_one(task, job.options, None, part, on_bytes)
         if progress is not None:
             progress.add_file()
+
+    threads.each(job.tasks, copy, result, _threads(job.options), measure=threads.concurrency)
     return result
+
+
+def _threads(options: CopyOptions) -> int:
+    """How many threads a job's entries may use (pcopy.threads). One with --bwlimit: a process'
+    slot in the shared budget is written by one thread only."""
+    return 1 if options.bwlimit_bytes else threads.concurrency.limit
 
 
 def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, result: JobResult,
@@ -347,14 +369,30 @@ def _run_dir(job: DirJob, progress: _Progress | None) -> JobResult:
     ranges), files with several links (hard links), and, when the names hold more than
     job_bytes, the files beyond that budget (the parent spreads them over all workers, instead
     of this one worker copying them in a row)."""
+    with _DirFds(job.src_dir, job.dst_dir) as fds:
+        return _run_dir_open(job, progress, fds)
+
+
+def _run_dir_open(job: DirJob, progress: _Progress | None, fds: _DirFds) -> JobResult:
     result = JobResult(job.job_id)
     if job.options.record_changes:
         result.changes = []
     on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
     dst_dir = _dst_dir(job.dst_dir)
     lean = _Lean.of(job, dst_dir)
-    with _DirFds(job.src_dir, job.dst_dir if lean is not None else None) as fds:
-        return _run_dir_in(job, progress, result, on_bytes, dst_dir, lean, fds)
+    if lean is None:
+        fds = fds.source_only()  # the general path names destination files by full paths
+    return _run_dir_in(job, progress, result, on_bytes, dst_dir, lean, fds)
+
+
+def _run_scan(job: ScanJob, progress: _Progress | None) -> JobResult:
+    """List one directory (pcopy.scan), then copy the names it keeps, with the same open
+    directories."""
+    with _DirFds(job.src_dir, job.dst_dir if not job.options.dry_run else None) as fds:
+        result, here = scan_dir(job, fds.dst, fds.src)
+        if here is not None:
+            result.absorb(_run_dir_open(here, progress, fds))
+    return result
 
 
 class _DirFds:
@@ -366,12 +404,18 @@ class _DirFds:
 
     __slots__ = ("dst", "src")
 
-    def __init__(self, src_dir: str, dst_dir: str | None) -> None:
-        self.src = _open_dir(src_dir)
+    def __init__(self, src_dir: str | None, dst_dir: str | None) -> None:
+        self.src = _open_dir(src_dir) if src_dir is not None else None
         self.dst = _open_dir(dst_dir) if dst_dir is not None and self.src is not None else None
 
     def __enter__(self) -> _DirFds:
         return self
+
+    def source_only(self) -> _DirFds:
+        """The same source directory, no destination one (not to be closed: self owns it)."""
+        view = _DirFds(None, None)
+        view.src = self.src
+        return view
 
     def __exit__(self, *exc: object) -> None:
         for fd in (self.src, self.dst):
@@ -399,47 +443,65 @@ def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_b
     src_prefix = os.path.join(job.src_dir, "")
     dst_prefix = os.path.join(job.dst_dir, "")
     # (name, stat, task): task None for a file the lean path copies (no EntryTask built).
-    todo: list[tuple[str, os.stat_result, EntryTask | None]] = []
-    total = 0
-    for name in job.names:
+    todo: list[tuple[str, os.stat_result, EntryTask | None]] = []  # appends are atomic (threads)
+    limit = _threads(job.options)
+
+    def look(name: str, part: JobResult) -> None:
         src = src_prefix + name
         try:
             st = (os.stat(name, dir_fd=fds.src, follow_symlinks=follow) if fds.src is not None
                   else os.stat(src, follow_symlinks=follow))
         except OSError as exc:
-            result.failures.append(CopyFailure.of(src, exc, STEP_STAT))
-            continue
+            part.failures.append(CopyFailure.of(src, exc, STEP_STAT))
+            return
         if lean is not None and lean.takes(st):
             todo.append((name, st, None))
-            total += st.st_size
-            continue
+            return
         task = task_from_stat(src, dst_prefix + name, st, job.check_dst)
         if task is None:
-            result.failures.append(CopyFailure(src, None, "not a file, symlink or special file", STEP_STAT))
+            part.failures.append(CopyFailure(src, None, "not a file, symlink or special file", STEP_STAT))
         elif task.kind is Kind.FILE and (task.size > job.split_bytes or (task.nlink > 1 and job.hand_back_links)):
-            result.handed_back.append(task)
+            part.handed_back.append(task)
         else:
             todo.append((name, st, task))
-            total += task.size
+
+    threads.each(job.names, look, result, limit)
+    total = sum(task.size if task is not None else st.st_size for _, st, task in todo)
     if progress is not None:
         progress.add_found(total + sum(t.size for t in result.handed_back), len(job.names))
+    if total > job.job_bytes:  # past the job's byte budget: the parent spreads the rest
+        todo = _within_budget(todo, job, result, src_prefix, dst_prefix)
+
+    def copy(item: tuple[str, os.stat_result, EntryTask | None], part: JobResult) -> None:
+        name, st, task = item
+        if task is not None:
+            _copy_one(task, job.options, dst_dir, part, on_bytes)
+        elif lean is not None:
+            lean.copy(src_prefix + name, dst_prefix + name, st, part, on_bytes, name, fds)
+        if progress is not None:
+            progress.add_file()
+
+    threads.each(todo, copy, result, limit, measure=threads.concurrency)
+    return result
+
+
+def _within_budget(todo: list[tuple[str, os.stat_result, EntryTask | None]], job: DirJob, result: JobResult,
+                   src_prefix: str, dst_prefix: str) -> list[tuple[str, os.stat_result, EntryTask | None]]:
+    """The entries that fit job.job_bytes (in order; empty ones always do); the others are
+    handed back to the parent."""
+    kept = []
     spent = 0
     for name, st, task in todo:
         size = task.size if task is not None else st.st_size
-        if total > job.job_bytes and size and spent + size > job.job_bytes:
+        if size and spent + size > job.job_bytes:
             if task is None:  # a lean file: task_from_stat makes a task of every regular file
                 task = task_from_stat(src_prefix + name, dst_prefix + name, st, job.check_dst)
             if task is not None:
                 result.handed_back.append(task)
             continue
         spent += size
-        if task is not None:
-            _copy_one(task, job.options, dst_dir, result, on_bytes)
-        elif lean is not None:
-            lean.copy(src_prefix + name, dst_prefix + name, st, result, on_bytes, name, fds)
-        if progress is not None:
-            progress.add_file()
-    return result
+        kept.append((name, st, task))
+    return kept
 
 
 class _Lean:

@@ -36,6 +36,8 @@ FILES = re.compile(r"([\d,]+)/([\d,]+) files")
 # they inherit the patch): on a fast or an idle machine alike the copy then lasts long enough
 # (about 1,200 files x 2.5 ms over 2 workers: 1.5 s and more) for the bar to draw frames in both
 # of its phases. Everything else is the real program: walk, pool, progress queue, display thread.
+# The delay computes rather than sleeps: a sleeping worker looks like slow storage and would
+# take more threads (pcopy.threads), and the copy would no longer last long enough.
 DRIVER = """
 import sys, time
 import pcopy.worker
@@ -45,7 +47,9 @@ real_copy_range = pcopy.worker.copy_range
 delay_s = float(sys.argv.pop(1))
 
 def slow_copy_range(*args, **kwargs):
-    time.sleep(delay_s)
+    end = time.perf_counter() + delay_s
+    while time.perf_counter() < end:
+        pass
     return real_copy_range(*args, **kwargs)
 
 pcopy.worker.copy_range = slow_copy_range

@@ -11,10 +11,11 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 
 from pcopy.config import Config, Method
 from pcopy.errors import RefusedError
-from pcopy.jobs import Kind
+from pcopy.jobs import CopyOptions, Kind
 from pcopy.runner import run_copy
 from pcopy.target import locate
-from pcopy.walk import Names, walk_tree
+from pcopy.plan import Planner
+from pcopy.scan import scan_dir
 
 
 @pytest.fixture
@@ -26,16 +27,28 @@ def fake() -> object:
 
 
 def _walk(root: str, dereference: bool = False, chunk: int = 256) -> tuple[list[tuple[str, Kind | None]], list[str]]:
-    """(rel path, DIR for directories / None for names the workers will stat), errors."""
+    """Drive ScanJobs as the runner does, breadth-first, making DST under /dst: (rel path, DIR for
+    directories / None for names the workers will stat), and the paths of listing errors."""
+    planner = Planner(Config(batch_files=chunk, dereference=dereference), CopyOptions(dereference=dereference))
     errors: list[str] = []
     entries: list[tuple[str, Kind | None]] = []
-    for item in walk_tree(root, dereference=dereference, on_error=lambda p, exc: errors.append(p), chunk=chunk):
-        if isinstance(item, Names):
-            assert 0 < len(item.names) <= chunk
-            assert item.src_dir == os.path.join(root, item.rel_dir) if item.rel_dir else item.src_dir == root
-            entries += [(os.path.join(item.rel_dir, name), None) for name in item.names]
-        else:
-            entries.append((item.rel, item.kind))
+    st = os.stat(root)
+    os.mkdir("/dst")
+    todo = [planner.scan_job(root, "", "/dst", False, frozenset({(st.st_dev, st.st_ino)}) if dereference
+                             else frozenset())]
+    while todo:
+        job = todo.pop(0)
+        result, here = scan_dir(job, None, None)
+        errors += [f.path for f in result.failures]
+        for found in result.dirs or ():
+            assert os.path.isdir(found.dst) and found.fresh
+            entries.append((found.entry.rel, found.entry.kind))
+            todo.append(planner.scan_job(found.entry.src, found.entry.rel, found.dst, False, found.ancestors))
+        chunks = list(result.names or ()) + ([here.names] if here is not None else [])
+        for names in chunks:
+            assert 0 < len(names) <= chunk
+            entries += [(os.path.join(job.rel, name), None) for name in names]
+        assert result.listed == sum(map(len, chunks))
     return entries, errors
 
 

@@ -1,0 +1,147 @@
+"""Destination directories: made (private) before anything goes into them, their metadata set
+after everything has.
+
+prepare_dir is what the parent does for DST itself and what a worker's ScanJob does for each
+subdirectory it finds; Directories is the parent's record of them all, finished bottom-up at the
+end of the run (permissions applied last, so a read-only directory can still be filled, and
+mtimes set after the last write into them).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from contextlib import suppress
+
+from pcopy.config import Config
+from pcopy.jobs import STEP_COMPARE, STEP_METADATA, STEP_MKDIR, CopyFailure, EntryTask, FoundDir, Kind
+from pcopy.metadata import apply_metadata, copy_xattrs, current_umask, masked_mode, remove_leftovers
+from pcopy.report import CopyReport
+from pcopy.target import dst_refused
+from pcopy.walk import Entry
+
+
+class NotADirectory(Exception):
+    """DST has something other than a directory where a directory goes."""
+
+    def __init__(self, dst: str) -> None:
+        super().__init__(f"destination {dst!r} exists and is not a directory")
+
+
+def prepare_dir(dst: str, *, dry_run: bool, keep_partial: bool, parents: bool = False,
+                at: tuple[int, str] | None = None) -> bool:
+    """Make dst private (0700: nothing in it is reachable before its final mode is applied at
+    the end), or merge into the directory already there (clearing temporary files a killed run
+    left, and partial files unless keep_partial). True when this run made it; a dry run only
+    looks (True: it would). With at (an open directory and dst's name in it) the calls name it
+    relative to that directory: one round trip on a network file system instead of one per
+    path component. Raises NotADirectory, OSError."""
+    dir_fd, name = at if at is not None else (None, dst)
+    follow = parents  # the top-level DST may be a symlink to a directory: merged into, as cp does
+    if dry_run:
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
+        except FileNotFoundError:
+            return True
+    else:
+        try:
+            if parents:
+                os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            return True
+        except FileExistsError:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectory(dst)
+    if not dry_run:
+        with suppress(OSError):
+            remove_leftovers(dst, keep_partial=keep_partial)
+    return False
+
+
+class Directories:
+    """The parent's record of DST's directories: which this run made (nothing can be in them
+    yet), which could not be made (nothing goes below them), and all of them in walk order, a
+    parent before its children, for finish()."""
+
+    def __init__(self, config: Config, report: CopyReport, preserve_owner: bool, preserve_group: bool) -> None:
+        self.config = config
+        self.report = report
+        self.preserve_owner = preserve_owner
+        self.preserve_group = preserve_group
+        self.made: list[tuple[str, Entry]] = []  # (dst, entry) in walk order
+        self.fresh: set[str] = set()  # rel paths of directories this run created
+        self.blocked: set[str] = set()  # rel paths whose destination could not be made
+
+    def make(self, entry: Entry, dst: str, parents: bool = False) -> bool:
+        """prepare_dir(dst) and record it; a failure is reported (for DST itself, parents=True,
+        it refuses the run: exit 2). False when nothing can go into it."""
+        config = self.config
+        try:
+            fresh = prepare_dir(dst, dry_run=config.dry_run, keep_partial=config.partial, parents=parents)
+        except NotADirectory as exc:
+            self.blocked.add(entry.rel)
+            self.report.failures.append(CopyFailure(entry.src, None, str(exc), STEP_MKDIR))
+            return False
+        except OSError as exc:
+            if parents and not config.dry_run:  # DST's root: nothing was written, nothing could be
+                raise dst_refused(dst, exc) from exc
+            self.blocked.add(entry.rel)
+            self.report.failures.append(CopyFailure.of(entry.src, exc, STEP_COMPARE if config.dry_run else STEP_MKDIR))
+            return False
+        self.add(entry, dst, fresh)
+        return True
+
+    def add(self, entry: Entry, dst: str, fresh: bool) -> None:
+        if fresh:
+            self.fresh.add(entry.rel)
+        self.made.append((dst, entry))
+
+    def add_found(self, found: FoundDir) -> None:
+        self.add(found.entry, found.dst, found.fresh)
+
+    def finish(self) -> None:
+        """Directory metadata bottom-up (reverse walk order puts children before parents), after
+        their contents, so read-only directories copy and their mtimes are not disturbed."""
+        self.report.dirs = len(self.made)
+        config = self.config
+        if config.dry_run:
+            return
+        for dst, entry in reversed(self.made):
+            mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, current_umask())
+            task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
+                             entry.atime_ns, entry.mtime_ns)
+            try:
+                if entry.rel not in self.fresh and self._up_to_date(dst, task):
+                    continue  # an up-to-date re-run writes nothing, not even directory times
+                if config.preserve_xattrs:
+                    copy_xattrs(entry.src, dst, follow_symlinks=True)
+                apply_metadata(dst, task, self.preserve_owner, preserve_group=self.preserve_group,
+                               times=config.preserve_times)
+                if config.fsync:
+                    fsync_path(dst)  # makes the renames into it durable
+            except OSError as exc:
+                self.report.failures.append(CopyFailure.of(dst, exc, STEP_METADATA))
+
+    def _up_to_date(self, dst: str, task: EntryTask) -> bool:
+        """An existing directory whose mode, mtime (and owner, where kept) already match and
+        into which this run wrote nothing (its mtime would have moved). Extended attributes
+        are always re-applied."""
+        if self.config.preserve_xattrs or not self.config.preserve_times:
+            return False
+        st = os.stat(dst)
+        return (stat.S_IMODE(st.st_mode) == stat.S_IMODE(task.mode) and st.st_mtime_ns == task.mtime_ns
+                and (not self.preserve_owner or st.st_uid == task.uid)
+                and (not self.preserve_group or st.st_gid == task.gid))
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or (POSIX) a directory by path; Windows cannot open directories."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
