@@ -22,6 +22,7 @@ def copy(
     *,
     jobs: int | None = None,
     chunk_size: int | None = DEFAULT_CHUNK_BYTES,
+    threads: int | None = None,
     method: Method | str = Method.AUTO,
     buffer_size: int = DEFAULT_BUFFER_BYTES,
     dereference: bool = False,
@@ -82,6 +83,7 @@ def copy(
     config = Config(
         jobs=jobs if jobs is not None else default_jobs(),
         chunk_bytes=chunk_size,
+        threads=threads,
         method=Method(method),
         buffer_bytes=buffer_size,
         dereference=dereference,

@@ -139,6 +139,10 @@ def copy_command(
         help="Split files larger than this into byte ranges copied by several workers "
              "(e.g. 1048576, 64K, 8M, 1.5G; binary units). Default: no split, one stream per file (faster "
              "on local file systems).")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", min=1, max=256, show_default=False,
+        help="Threads per worker (default: adapted to the storage: one on a local disk, more "
+             "while the workers mostly wait, as on a network or FUSE file system).")] = None,
     method: Annotated[Method, typer.Option(
         "--method", case_sensitive=False,
         help="auto: kernel copy (copy_file_range, sendfile) with fallbacks; readwrite: the "
@@ -305,6 +309,7 @@ def copy_command(
         # (-j with --engine ray counts the cluster's workers: this machine's CPUs do not bound it)
         jobs=(jobs if engine is Engine.RAY else min(jobs, MAX_JOBS_PER_CPU * cpus)) if jobs is not None else cpus,
         chunk_bytes=_size(chunk_size, "--chunk-size") if chunk_size is not None else None,
+        threads=threads,
         method=Method.READWRITE if buffer_size is not None else method,
         buffer_bytes=_size(buffer_size, "--buffer-size") if buffer_size is not None else DEFAULT_BUFFER_BYTES,
         dereference=dereference,

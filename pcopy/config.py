@@ -77,6 +77,7 @@ class Config:
 
     jobs: int = field(default_factory=default_jobs)
     chunk_bytes: int | None = DEFAULT_CHUNK_BYTES  # None: never split a file
+    threads: int | None = None  # per worker; None: as many as the storage rewards (pcopy.threads)
     method: Method = Method.AUTO
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     dereference: bool = False

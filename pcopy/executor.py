@@ -22,15 +22,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pcopy.config import Config
-from pcopy.jobs import BatchJob, CopyFailure, DirJob, Job, JobResult, RangeJob, ScanJob
+from pcopy.jobs import BatchJob, CopyFailure, DirJob, GroupJob, Job, JobResult, RangeJob, ScanJob
 from pcopy.worker import init_worker, run_job
 
 if TYPE_CHECKING:  # imported when a pool starts: multiprocessing is kept off the start-up path
     from pcopy.pool import Call, EnginePool
 
-# Jobs outstanding per worker: enough that a worker never waits for the parent to hand it the
-# next job, few enough that memory stays flat (a batch job is ~256 small records).
-MAX_IN_FLIGHT_PER_WORKER = 4
+# Jobs outstanding per worker: one running and one waiting (pool.CALLS_PER_WORKER), so a
+# worker never waits for the parent to hand it the next job. The rest wait in the runner, where
+# they can still be grouped (GroupJob) once the workers report that they wait on the storage.
+MAX_IN_FLIGHT_PER_WORKER = 2
 
 # A pool only pays for itself when there is more than one job's worth of work: below this the
 # parent copies alone and a tiny tree costs no process start-up at all.
@@ -59,6 +60,8 @@ def default_start_method() -> str:
 
 def job_dst_dirs(job: Job) -> set[str]:
     """Directories a job writes temporary files in."""
+    if isinstance(job, GroupJob):
+        return set().union(*map(job_dst_dirs, job.jobs))
     if isinstance(job, RangeJob):
         return set()  # a range writes into the parent's own temporary file
     if isinstance(job, (DirJob, ScanJob)):
@@ -67,6 +70,8 @@ def job_dst_dirs(job: Job) -> set[str]:
 
 
 def job_paths(job: Job) -> list[str]:
+    if isinstance(job, GroupJob):
+        return [path for member in job.jobs for path in job_paths(member)]
     if isinstance(job, RangeJob):
         return [job.src]
     if isinstance(job, DirJob):
@@ -124,6 +129,7 @@ class Executor:
         self.abandoned: list[Job] = []
         self.split_ids = itertools.count(-1, -1)  # ids for per-entry retries, never the planner's
         self.max_in_flight = MAX_IN_FLIGHT_PER_WORKER * config.jobs
+        self.threads = 1  # the thread limit the last result's worker reported (pcopy.threads)
 
     # -- submission ---------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -148,7 +154,16 @@ class Executor:
             self.on_abandoned([job])
             raise
         self._drain_progress()
-        self.on_result(result)
+        self._deliver(result)
+
+    def _deliver(self, result: JobResult) -> None:
+        """A job's result to on_result; a group's, one per member."""
+        self.threads = result.threads
+        if result.parts is None:
+            self.on_result(result)
+            return
+        for part in result.parts:
+            self.on_result(part)
 
     def _apply(self, job: Job) -> None:
         while len(self.pending) >= self.max_in_flight:
@@ -214,7 +229,7 @@ class Executor:
             result = self.results.popleft()
             if self.pending.pop(result.job_id, None) is None:
                 continue  # a lost job's first run returned after all: counted once
-            self.on_result(result)
+            self._deliver(result)
             block = False
 
     def _drain_progress(self) -> None:
@@ -246,6 +261,12 @@ class Executor:
                 continue
             if call is not culprit:
                 self.pool.resubmit(call)  # only caught up in the death: not its fault
+            elif isinstance(job, GroupJob):
+                # Any member may be the one: each goes again alone (no attempt counted yet), and
+                # a member that kills its worker alone is narrowed down as below.
+                del self.pending[job.job_id]
+                for member in job.jobs:
+                    self._send(member)
             elif self.attempts.get(job.job_id, 0) + 1 >= MAX_ATTEMPTS:
                 del self.pending[job.job_id]
                 self.on_result(JobResult(job.job_id, failures=[

@@ -54,6 +54,7 @@ class CopyOptions(NamedTuple):
     bwlimit_bytes: int = 0  # 0: no limit
     bwlimit_path: str = ""  # the run's shared byte counters (pcopy.bwlimit)
     partial: bool = False
+    threads: int = 0  # threads per worker; 0: adapted to the storage (pcopy.threads)
 
 
 # CopyOptions.compare values (ints: compared once per file in the workers).
@@ -192,7 +193,18 @@ class RangeJob(NamedTuple):
     in_kernel: bool = False
 
 
-Job = BatchJob | DirJob | RangeJob | ScanJob
+class GroupJob(NamedTuple):
+    """Several jobs one worker runs at once, each on threads of its own. On slow storage the
+    creates and renames in one directory queue on that directory's lock (the kernel's, and a
+    file server's), so the requests in flight must span directories: the parent groups jobs
+    when the workers say they are waiting (JobResult.threads). A group that kills its worker is
+    sent again as its members, one by one (pcopy.executor)."""
+
+    job_id: int
+    jobs: tuple[BatchJob | DirJob | ScanJob, ...]
+
+
+Job = BatchJob | DirJob | RangeJob | ScanJob | GroupJob
 
 
 class CopyFailure(NamedTuple):
@@ -251,6 +263,8 @@ class JobResult:
     dirs: list[FoundDir] | None = None
     names: list[tuple[str, ...]] | None = None  # chunks of names handed back for DirJobs
     listed: int = 0  # non-directory names found (those copied here and those handed back)
+    parts: list[JobResult] | None = None  # GroupJob: its members' results
+    threads: int = 1  # the worker's thread limit when the job ended (pcopy.threads)
 
     def absorb(self, other: JobResult) -> None:
         """Add other's counts and lists to this result's (the parts of one job run on threads)."""

@@ -6,6 +6,8 @@ import os
 import random
 import re
 import stat
+from contextlib import suppress
+from threading import get_ident
 
 from pcopy.jobs import EntryTask, Kind
 
@@ -31,19 +33,56 @@ _HAS_CHOWN = hasattr(os, "chown")
 _SHORT_NAME_CHARS = (NAME_MAX_BYTES - _TEMP_SUFFIX_BYTES) // 4
 
 
-def temp_path(dst: str) -> str:
+def temp_path(dst: str, shown: str | None = None) -> str:
     """A fresh hidden name in dst's directory; long names are cut so it fits in NAME_MAX.
+    shown: dst's full path, when dst is a name relative to an open directory.
 
     Runs once per file: string formatting and random.getrandbits (reseeded in every forked
     worker by the random module) instead of os.path and secrets, which cost several times more.
+    The name is noted for the calling thread's entry (begin_entry) before anything has it.
     """
-    sep = max(dst.rfind(os.sep), dst.rfind(os.altsep)) if os.altsep else dst.rfind(os.sep)
-    head, name = dst[: sep + 1], dst[sep + 1:]
+    full = shown if shown is not None else dst
+    sep = _last_sep(full)
+    head, name = full[: sep + 1], full[sep + 1:]
     suffix = f"{TEMP_MARKER}{random.getrandbits(32):08x}"
     if len(name) > _SHORT_NAME_CHARS:
         raw = os.fsencode(name)[: NAME_MAX_BYTES - _TEMP_SUFFIX_BYTES]
         name = os.fsdecode(raw)
-    return f"{head}.{name}{suffix}"
+    path = f"{head}.{name}{suffix}"
+    made = _made.get(get_ident())
+    if made is not None:
+        made.append(path)
+    return path if shown is None else f"{dst[: _last_sep(dst) + 1]}.{name}{suffix}"
+
+
+def _last_sep(path: str) -> int:
+    return max(path.rfind(os.sep), path.rfind(os.altsep)) if os.altsep else path.rfind(os.sep)
+
+
+# Temporary names each worker thread made for the entry it is copying (begin_entry starts the
+# list again): a worker told to stop removes them, including one whose creation was interrupted
+# after the file existed but before its name reached the caller (a signal, or the exception
+# pcopy.threads raises in a job's other threads, is raised as the system call returns).
+_made: dict[int, list[str]] = {}
+
+
+def begin_entry() -> None:
+    """This thread starts copying a new entry: forget the previous one's temporary names (it
+    renamed or removed them)."""
+    made = _made.get(get_ident())
+    if made is None:
+        _made[get_ident()] = []
+    elif made:
+        made.clear()
+
+
+def remove_made_temps() -> None:
+    """A worker stopping: remove what its threads' current entries may have created. (A name
+    already renamed into place no longer exists: unlinking it fails, harmlessly.)"""
+    for made in list(_made.values()):
+        for path in list(made):
+            with suppress(OSError):
+                os.unlink(path)
 
 
 _TEMP_RE = re.compile(r"^\..*\.pcopy-[0-9a-f]{8}$", re.DOTALL)
@@ -92,13 +131,13 @@ def remove_leftovers(directory: str, keep: frozenset[str] | set[str] = frozenset
     return removed
 
 
-def create_temp(dst: str, mode: int, dir_fd: int | None = None) -> tuple[int, str]:
+def create_temp(dst: str, mode: int, dir_fd: int | None = None, shown: str | None = None) -> tuple[int, str]:
     """Create and open (read-write, so --verify can read it back) a new temporary file for dst;
     never follows or reuses an existing entry. With dir_fd, dst is a name in that directory
-    (and so is the temporary name returned)."""
+    (and so is the temporary name returned); shown is then its full path."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | O_BINARY | O_NOFOLLOW | O_CLOEXEC
     while True:
-        path = temp_path(dst)
+        path = temp_path(dst, shown)
         try:
             return os.open(path, flags, mode, dir_fd=dir_fd), path
         except FileExistsError:  # 2**32 names: a clash is a leftover, try another name

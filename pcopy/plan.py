@@ -90,6 +90,7 @@ def options_for(config: Config, preserve_owner: bool, preserve_group: bool | Non
         bwlimit_bytes=config.bwlimit_bytes or 0,
         bwlimit_path=bwlimit_path,
         partial=config.partial,
+        threads=config.threads or 0,
     )
 
 

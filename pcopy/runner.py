@@ -33,7 +33,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from pcopy import bwlimit
+from pcopy import bwlimit, threads
 from pcopy.backup import back_up, mirror_rules
 from pcopy.backup import prepare as prepare_backups
 from pcopy.config import Config
@@ -63,6 +63,7 @@ from pcopy.jobs import (
     CopyOptions,
     DirJob,
     EntryTask,
+    GroupJob,
     Job,
     JobResult,
     Kind,
@@ -150,6 +151,7 @@ class CopyRun:
         self.followups: deque[EntryTask] = deque()
         self.mirror_target: Target | None = None  # --delete: run mirror() for it after the copy
         self.link_fallbacks = 0  # --link-dest: matches the file system would not link
+        threads.reset()
         self.executor = Executor(config, progress.active, self.on_result, self.on_progress, self.clean_after)
 
     # -- driving --------------------------------------------------------------------------------
@@ -205,15 +207,15 @@ class CopyRun:
         work for every worker), unless DIR_JOBS_AHEAD chunks of names already wait (the walk
         may run ahead of the copy, by that much memory)."""
         while True:
-            if self.scans and len(self.dir_jobs) < DIR_JOBS_AHEAD:
-                scan = self.scans.popleft()
-                self.scans_out[scan.job_id] = scan  # (before submit: -j 1 runs it right here)
-                self.executor.submit(scan)
+            if self.scans and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
+                size = min(self.group_size(), len(self.scans))
+                scans = [self.scans.popleft() for _ in range(size)]
+                for scan in scans:
+                    self.scans_out[scan.job_id] = scan  # (before submit: -j 1 runs it right here)
+                self.submit_group(scans)
             elif self.dir_jobs:
-                self.executor.submit(self.dir_jobs.popleft())
-            elif self.scans:
-                self.scans_out[self.scans[0].job_id] = self.scans[0]
-                self.executor.submit(self.scans.popleft())
+                size = min(self.group_size(), len(self.dir_jobs))
+                self.submit_group([self.dir_jobs.popleft() for _ in range(size)])
             elif self.followups:
                 self.submit_all(self.planner.add_task(self.followups.popleft()))
             else:
@@ -251,6 +253,14 @@ class CopyRun:
         self.scans.append(self.planner.scan_job(target.src, "", target.dst, "" not in self.directories.fresh,
                                                 ancestors))
         self.settle(walk_only=True)
+
+    def group_size(self) -> int:
+        """Jobs per call: one, until the workers report that they wait on the storage (their
+        thread limit grew, pcopy.threads); then enough that their threads span directories."""
+        return threads.group_size(self.executor.threads)
+
+    def submit_group(self, jobs: list[DirJob] | list[ScanJob]) -> None:
+        self.executor.submit(jobs[0] if len(jobs) == 1 else GroupJob(self.planner.next_id(), tuple(jobs)))
 
     def on_scanned(self, scan: ScanJob, result: JobResult) -> None:
         """A directory listed: its subdirectories to list in turn, its names to copy."""

@@ -7,11 +7,12 @@ cheaply. On a page cache the same worker is CPU-bound and threads would only fig
 GIL, so how many a job uses is decided per worker process by measurement (Concurrency):
 
 - It starts at one thread (the page-cache path stays exactly as it was: no thread is started).
-- After each window of copying (at least WINDOW_S of it) it compares the process's CPU time
-  with the wall time. Mostly waiting (CPU below LOW_UTILISATION of the wall time): the limit
-  doubles, as long as the last doubling raised the rate of entries per second by at least
-  MIN_GAIN; one that did not is undone and the limit held for HOLD_WINDOWS windows before it
-  tries again. Mostly computing (above HIGH_UTILISATION): the limit halves.
+- After each window of copying (a few entries, twice the limit at least) it compares the
+  process's CPU time with the wall time. A worker that computes only a fraction u of the time
+  is grown towards TARGET_UTILISATION in one step (x TARGET/u, at most MAX_STEP, in powers of
+  two), as long as the last growth raised the rate of entries per second by at least MIN_GAIN;
+  one that did not is undone and the limit held for HOLD_WINDOWS windows before it tries
+  again. Mostly computing (above HIGH_UTILISATION): the limit halves.
 - No peer does this (rclone's --checkers/--transfers and dcp's rank count are the user's guess).
 
 each() runs one job's entries on up to `limit` threads (the calling thread is one of them); each
@@ -37,71 +38,156 @@ from pcopy.jobs import JobResult
 T = TypeVar("T")
 
 MAX_THREADS = 64  # per worker process; at 1 ms per request, 64 in flight per worker
-WINDOW_S = 0.2  # copying measured before the limit changes
-LOW_UTILISATION = 0.5  # CPU seconds per wall second below which a worker is mostly waiting
-HIGH_UTILISATION = 0.85  # above which it is CPU-bound
-MIN_GAIN = 1.2  # a doubling must raise entries per second by this much to be kept
-HOLD_WINDOWS = 10  # windows a rejected doubling waits before the next try
+MIN_ITEMS = 4  # entries a window needs (and twice the limit) before the limit changes
+MIN_WINDOW_S = 0.01
+TARGET_UTILISATION = 0.6  # CPU seconds per wall second a worker is grown towards
+HIGH_UTILISATION = 0.85  # above which it is CPU-bound: the limit halves
+MAX_STEP = 8  # the most one window may multiply the limit by
+MIN_GAIN = 1.2  # a growth must raise entries per second by this much to be kept
+HOLD_WINDOWS = 10  # windows a rejected growth waits before the next try
+THREADS_PER_MEMBER = 4  # see group_size
+MAX_GROUP = 16
 STOP_GRACE_S = 0.5  # how long a stopping job waits for its threads' clean-up
+
+
+class _Window:
+    """One kind of phase's measurements (kinds differ in cost: making a directory, copying a
+    file), so that a growth is judged against the same kind of work."""
+
+    __slots__ = ("cpu", "items", "last_limit", "last_rate", "wall")
+
+    def __init__(self) -> None:
+        self.items = 0  # the current window: entries, wall and CPU seconds
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.last_rate = 0.0  # entries per second before the last growth (0: none to judge)
+        self.last_limit = 1
 
 
 class Concurrency:
     """How many threads this worker's jobs use (see the module's note)."""
 
-    __slots__ = ("cpu", "hold", "items", "last_rate", "limit", "wall")
+    __slots__ = ("changed", "fixed", "hold", "limit", "windows")
 
     def __init__(self, limit: int = 1) -> None:
         self.limit = limit
-        self.items = 0  # the current window: entries, wall and CPU seconds
-        self.wall = 0.0
-        self.cpu = 0.0
-        self.last_rate = 0.0  # entries per second of the window before the last doubling
+        self.fixed = False  # --threads: the user's limit, never changed
         self.hold = 0
+        self.windows: dict[str, _Window] = {}
+        self.changed = 0.0  # when the limit last changed (time.perf_counter)
 
-    def observe(self, items: int, wall: float, cpu: float, threads: int) -> None:
-        """Count one copy phase. Phases that could not use the whole limit (fewer entries than
-        threads) say nothing about it and are left out."""
-        if threads < self.limit or items < 2:
+    def observe(self, kind: str, items: int, wall: float, cpu: float, threads: int, started: float) -> None:
+        """Count one phase of a kind. Phases that could not use the whole limit (fewer entries
+        than threads), or started before it was set, say nothing about it and are left out."""
+        if threads < self.limit or items < 2 or started < self.changed or self.fixed:
             return
-        self.items += items
-        self.wall += wall
-        self.cpu += cpu
-        if self.wall < WINDOW_S:
+        window = self.windows.get(kind)
+        if window is None:
+            window = self.windows[kind] = _Window()
+        window.items += items
+        window.wall += wall
+        window.cpu += cpu
+        if window.items < max(MIN_ITEMS, 2 * self.limit) or window.wall < MIN_WINDOW_S:
             return
-        rate = self.items / self.wall
-        utilisation = self.cpu / self.wall
-        self.items, self.wall, self.cpu = 0, 0.0, 0.0
-        self.decide(rate, utilisation)
+        rate = window.items / window.wall
+        utilisation = window.cpu / window.wall
+        window.items, window.wall, window.cpu = 0, 0.0, 0.0
+        self.decide(window, rate, utilisation)
 
-    def decide(self, rate: float, utilisation: float) -> None:
+    def decide(self, window: _Window, rate: float, utilisation: float) -> None:
+        before = self.limit
+        self._decide(window, rate, utilisation)
+        if self.limit != before:
+            self.changed = time.perf_counter()
+            for other in self.windows.values():  # measured at the old limit: start again
+                other.items, other.wall, other.cpu = 0, 0.0, 0.0
+
+    def _decide(self, window: _Window, rate: float, utilisation: float) -> None:
+        """Grow towards TARGET_UTILISATION in one step (up to MAX_STEP times: a worker that
+        computes 1 % of the time could use ~60 threads), keep a growth only if it paid, halve
+        when CPU-bound."""
         if utilisation > HIGH_UTILISATION:
             if self.limit > 1:
                 self.limit //= 2
-            self.last_rate = 0.0
+            window.last_rate = 0.0
             return
-        if utilisation >= LOW_UTILISATION:
-            return
-        if self.last_rate and rate < self.last_rate * MIN_GAIN:  # the last doubling did not pay
-            self.limit = max(1, self.limit // 2)
-            self.last_rate = 0.0
+        if window.last_rate and rate < window.last_rate * MIN_GAIN:  # the last growth did not pay
+            self.limit = min(self.limit, window.last_limit)
+            window.last_rate = 0.0
             self.hold = HOLD_WINDOWS
             return
+        window.last_rate = 0.0
         if self.hold:
             self.hold -= 1
             return
-        if self.limit < MAX_THREADS:
-            self.last_rate = rate
-            self.limit = min(MAX_THREADS, self.limit * 2)
+        step = min(MAX_STEP, TARGET_UTILISATION / max(utilisation, 1e-6))
+        if step < 2 or self.limit >= MAX_THREADS:
+            return
+        window.last_rate, window.last_limit = rate, self.limit
+        self.limit = min(MAX_THREADS, self.limit * _power_of_two_below(step))
+
+
+def _power_of_two_below(x: float) -> int:
+    n = 1
+    while n * 2 <= x:
+        n *= 2
+    return n
 
 
 # One per worker process (and one for jobs the parent runs itself).
 concurrency = Concurrency()
 
+# Per thread: how many jobs of a GroupJob share the limit (1: a job alone).
+_local = threading.local()
+
+# Every helper thread running, of every job: a stop reaches all of them, however nested.
+_live: set[threading.Thread] = set()
+
+
+def reset() -> None:
+    """A new run starts from one thread: what an earlier run in this process learnt was about
+    its own storage. (Workers start from their parent's state when they fork.)"""
+    global concurrency
+    concurrency = Concurrency()
+
+
+def configure(fixed: int) -> None:
+    """--threads N: N threads per worker from now on (0: adapted, from where it is)."""
+    concurrency.fixed = fixed > 0
+    if fixed:
+        concurrency.limit = fixed
+
+
+def job_threads() -> int:
+    """Threads the job running in this thread may use: the limit, shared by a group's jobs."""
+    return max(1, concurrency.limit // getattr(_local, "share", 1))
+
+
+def job_measure() -> Concurrency | None:
+    """What a job's phase reports to: nothing inside a group (the group measures itself: its
+    jobs' CPU times overlap), nor alone while the limit calls for groups (a lone job is not
+    what the limit is about: the storage may serialise one directory's work)."""
+    if getattr(_local, "share", 1) > 1 or group_size(concurrency.limit) > 1:
+        return None
+    return concurrency
+
+
+def group_size(limit: int) -> int:
+    """Jobs the parent groups into one call (GroupJob) for a worker at this thread limit: one
+    per THREADS_PER_MEMBER threads, so that the requests in flight span directories (a
+    directory's creates and renames queue on its lock)."""
+    return max(1, min(MAX_GROUP, limit // THREADS_PER_MEMBER))
+
+
+def grouped(share: int) -> None:
+    """This thread runs one of `share` jobs of a group."""
+    _local.share = share
+
 
 def each(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobResult,
-         threads: int, measure: Concurrency | None = None) -> None:
+         threads: int, measure: Concurrency | None = None, kind: str = "copy") -> None:
     """work(item, result) for every item, on up to `threads` threads. With measure, the phase's
-    wall and CPU time are counted towards its next limit."""
+    wall and CPU time are counted towards its next limit, as a phase of this kind."""
     threads = min(threads, len(items))
     start, cpu = (time.perf_counter(), time.process_time()) if measure is not None else (0.0, 0.0)
     if threads <= 1:
@@ -110,7 +196,7 @@ def each(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobRe
     else:
         _in_threads(items, work, result, threads)
     if measure is not None:
-        measure.observe(len(items), time.perf_counter() - start, time.process_time() - cpu, threads)
+        measure.observe(kind, len(items), time.perf_counter() - start, time.process_time() - cpu, threads, start)
 
 
 def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobResult,
@@ -123,18 +209,23 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
         while not errors and (i := next(taken)) < len(items):
             work(items[i], part)
 
-    def helper_run(part: JobResult) -> None:
+    def helper_run(part: JobResult, share: int) -> None:
+        _local.share = share
         try:
             run(part)
         except Exception as exc:
             errors.append(exc)
         except BaseException:
             pass  # told to stop (_stop): its clean-up ran on the way here
+        finally:
+            _live.discard(threading.current_thread())
 
-    helpers = [threading.Thread(target=helper_run, args=(part,), daemon=True) for part in parts[1:]]
+    share = getattr(_local, "share", 1)
+    helpers = [threading.Thread(target=helper_run, args=(part, share), daemon=True) for part in parts[1:]]
     try:
         with signals_blocked():  # helpers inherit the mask: signals are for the main thread
             for helper in helpers:
+                _live.add(helper)
                 helper.start()
         try:
             run(parts[0])
@@ -144,7 +235,7 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
             helper.join()
     except BaseException:  # stopped (SIGTERM in a worker, an interrupt inline): so are the others
         errors.append(_Stopped())
-        _stop(helpers)
+        _stop()
         raise
     if errors:
         raise errors[0]
@@ -163,10 +254,12 @@ def _part(result: JobResult) -> JobResult:
     return part
 
 
-def _stop(helpers: list[threading.Thread]) -> None:
-    """Raise _Stopped in every helper still running (each cleans up on its way out), then wait
-    for them, bounded: a thread stuck in a system call that never returns is left to the
-    process' exit."""
+def _stop() -> None:
+    """Raise _Stopped in every helper still running, of every job (each cleans up on its way
+    out), then wait for them, bounded: a thread stuck in a system call that never returns is
+    left to the process' exit."""
+    me = threading.current_thread()
+    helpers = [helper for helper in list(_live) if helper is not me]
     for helper in helpers:
         if helper.is_alive() and helper.ident is not None:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(helper.ident), ctypes.py_object(_Stopped))

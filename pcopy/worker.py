@@ -42,6 +42,7 @@ from pcopy.jobs import (
     CopyOptions,
     DirJob,
     EntryTask,
+    GroupJob,
     Job,
     JobResult,
     Kind,
@@ -56,11 +57,13 @@ from pcopy.metadata import (
     O_NOFOLLOW,
     UTIME_FD,
     apply_metadata,
+    begin_entry,
     copy_xattrs,
     create_temp,
     current_umask,
     make_special,
     masked_mode,
+    remove_made_temps,
     set_times,
     temp_mode,
     temp_path,
@@ -178,19 +181,54 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
     progress = _Progress(queue) if queue is not None else None
     try:
         _in_job = True
-        if isinstance(job, DirJob):
-            return _run_dir(job, progress)
-        if isinstance(job, ScanJob):
-            return _run_scan(job, progress)
-        if isinstance(job, RangeJob):
-            return _run_range(job, progress)
-        return _run_batch(job, progress)
+        threads.configure((job.jobs[0] if isinstance(job, GroupJob) else job).options.threads)
+        result = _run_group(job, progress) if isinstance(job, GroupJob) else _run_one(job, progress)
+        result.threads = threads.concurrency.limit  # what the parent groups jobs by
+        return result
     except _Terminated:
-        os._exit(128 + signal.SIGTERM)  # temp files were removed on the way out
+        remove_made_temps()  # (on the way out each thread removed its own, as far as it knew it)
+        os._exit(128 + signal.SIGTERM)
     finally:
         _in_job = False
         if progress is not None:
             progress.flush()
+
+
+def _run_one(job: BatchJob | DirJob | RangeJob | ScanJob, progress: _Progress | None) -> JobResult:
+    if isinstance(job, DirJob):
+        return _run_dir(job, progress)
+    if isinstance(job, ScanJob):
+        return _run_scan(job, progress)
+    if isinstance(job, RangeJob):
+        return _run_range(job, progress)
+    return _run_batch(job, progress)
+
+
+def _run_group(group: GroupJob, progress: _Progress | None) -> JobResult:
+    """The group's jobs at once, one thread each (at most the thread limit), sharing the limit;
+    measured as one phase (their CPU times overlap, so none of them can measure itself)."""
+    members = group.jobs
+    results: list[JobResult | None] = [None] * len(members)
+    limit = threads.concurrency.limit
+    at_once = min(len(members), limit)
+
+    def run(i: int, _: JobResult) -> None:
+        threads.grouped(at_once)
+        try:
+            results[i] = _run_one(members[i], progress)
+        finally:
+            threads.grouped(1)
+
+    start, cpu = time.perf_counter(), time.process_time()
+    threads.each(range(len(members)), run, JobResult(group.job_id), at_once)
+    parts = [r for r in results if r is not None]
+    entries = sum(r.files + r.skipped + len(r.failures) + r.hardlinked for r in parts)
+    # Only a group of the size this limit calls for says something about it (the parent may
+    # have formed this one at an older limit, or had fewer jobs left).
+    full = len(members) >= threads.group_size(limit) and entries >= limit
+    threads.concurrency.observe("group", entries, time.perf_counter() - start, time.process_time() - cpu,
+                                limit if full else 0, start)
+    return JobResult(group.job_id, parts=parts)
 
 
 def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
@@ -204,19 +242,20 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
         if progress is not None:
             progress.add_file()
 
-    threads.each(job.tasks, copy, result, _threads(job.options), measure=threads.concurrency)
+    threads.each(job.tasks, copy, result, _threads(job.options), measure=threads.job_measure())
     return result
 
 
 def _threads(options: CopyOptions) -> int:
     """How many threads a job's entries may use (pcopy.threads). One with --bwlimit: a process'
     slot in the shared budget is written by one thread only."""
-    return 1 if options.bwlimit_bytes else threads.concurrency.limit
+    return 1 if options.bwlimit_bytes else threads.job_threads()
 
 
 def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, result: JobResult,
               on_bytes: Callable[[int], None]) -> None:
     step = STEP_COMPARE
+    begin_entry()
     try:
         # Default options: one attribute test, then the quick check exactly as before.
         state = judge_task(task, options)
@@ -481,7 +520,7 @@ def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_b
         if progress is not None:
             progress.add_file()
 
-    threads.each(todo, copy, result, limit, measure=threads.concurrency)
+    threads.each(todo, copy, result, limit, measure=threads.job_measure())
     return result
 
 
@@ -552,6 +591,7 @@ class _Lean:
         job's directories are open (fds), every call names the file relative to them."""
         size = st.st_size
         step = STEP_COMPARE  # what a failure was doing (a local: free on the way)
+        begin_entry()
         src_at, dst_at = (name, name) if fds.dst is not None else (src, dst)
         try:
             replacing = False
@@ -567,7 +607,7 @@ class _Lean:
             src_fd = os.open(src_at, self.src_flags, dir_fd=fds.src if fds.dst is not None else None)
             try:
                 step = STEP_CREATE
-                dst_fd, tmp = create_temp(dst_at, stat.S_IMODE(st.st_mode), fds.dst)
+                dst_fd, tmp = create_temp(dst_at, stat.S_IMODE(st.st_mode), fds.dst, dst)
                 try:
                     try:
                         step = STEP_COPY

@@ -1,0 +1,197 @@
+"""pcopy.threads: the per-worker thread limit (grown while workers wait, halved when they
+compute, a growth undone when it did not pay), each() on threads, and a stopped job's threads
+removing their temporary files."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pcopy import threads, worker
+from pcopy.errors import WorkerStop
+from pcopy.jobs import CopyOptions, DirJob, JobResult
+from pcopy.metadata import TEMP_MARKER
+from pcopy.threads import Concurrency, each
+
+
+def feed(c: Concurrency, kind: str, rate: float, utilisation: float, items: int = 200) -> None:
+    """One window of `items` entries at this rate and CPU share, started now."""
+    wall = items / rate
+    c.observe(kind, items, wall, wall * utilisation, c.limit, time.perf_counter())
+
+
+def test_a_waiting_worker_grows_in_one_step_towards_the_target() -> None:
+    c = Concurrency()
+    feed(c, "copy", rate=60, utilisation=0.012)  # 1 % CPU: x50 wanted, x8 at most per step
+    assert c.limit == 8
+    feed(c, "copy", rate=400, utilisation=0.1)  # paid (x6.7); 6x more wanted: x4 (powers of two)
+    assert c.limit == 32
+    feed(c, "copy", rate=1400, utilisation=0.45)  # paid; 0.6/0.45 < 2: stays
+    assert c.limit == 32
+
+
+def test_a_growth_that_did_not_pay_is_undone_and_held() -> None:
+    c = Concurrency()
+    feed(c, "copy", rate=60, utilisation=0.01)
+    assert c.limit == 8
+    feed(c, "copy", rate=62, utilisation=0.01)  # 8 threads, the same rate: something else limits
+    assert c.limit == 1
+    for _ in range(threads.HOLD_WINDOWS):
+        feed(c, "copy", rate=60, utilisation=0.01)
+        assert c.limit == 1  # held
+    feed(c, "copy", rate=60, utilisation=0.01)
+    assert c.limit == 8  # and then tried again
+
+
+def test_a_cpu_bound_worker_halves_down_to_one_thread() -> None:
+    c = Concurrency(limit=8)
+    for expected in (4, 2, 1, 1):
+        feed(c, "copy", rate=5000, utilisation=0.97)
+        assert c.limit == expected
+
+
+def test_phases_that_cannot_tell_are_left_out() -> None:
+    c = Concurrency(limit=8)
+    start = time.perf_counter()
+    c.observe("copy", 200, 1.0, 0.01, threads=4, started=start)  # could not use the whole limit
+    c.observe("copy", 3, 1.0, 0.01, threads=8, started=start)  # too few entries for a window yet
+    assert c.limit == 8
+    c.changed = time.perf_counter()
+    c.observe("copy", 200, 1.0, 0.01, threads=8, started=start)  # started before the last change
+    assert c.limit == 8
+    c.fixed = True  # --threads
+    feed(c, "copy", rate=60, utilisation=0.01)
+    assert c.limit == 8
+
+
+def test_growth_is_judged_against_the_same_kind_of_work() -> None:
+    c = Concurrency()
+    feed(c, "scan", rate=200, utilisation=0.01)  # making directories
+    assert c.limit == 8
+    # Copying files is slower per entry than making directories, but no growth of its own is
+    # being judged yet: it grows.
+    feed(c, "copy", rate=100, utilisation=0.01)
+    assert c.limit == 64
+
+
+def test_group_size_spans_directories_once_threads_grow() -> None:
+    assert threads.group_size(1) == 1
+    assert threads.group_size(8) == 2
+    assert threads.group_size(64) == threads.MAX_GROUP
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 7, 64])
+def test_each_runs_every_item_once_and_merges_the_counts(n_threads: int) -> None:
+    seen: list[int] = []
+    result = JobResult(1, changes=[])
+    names: set[str] = set()
+
+    def work(i: int, part: JobResult) -> None:
+        seen.append(i)
+        names.add(threading.current_thread().name)
+        part.files += 1
+        part.bytes += i
+        assert part.changes is not None
+        part.changes.append(("copied", str(i)))
+        time.sleep(0.001)  # (lets the threads interleave)
+
+    each(range(100), work, result, n_threads)
+    assert sorted(seen) == list(range(100))
+    assert (result.files, result.bytes) == (100, sum(range(100)))
+    assert sorted(int(p) for _, p in result.changes or []) == list(range(100))
+    assert len(names) > 1 if n_threads > 1 else names == {threading.current_thread().name}
+
+
+def test_each_raises_a_bug_in_work_after_the_other_threads_end() -> None:
+    running = []
+
+    def work(i: int, part: JobResult) -> None:
+        running.append(i)
+        if i == 3:
+            raise ValueError("bug")
+        time.sleep(0.01)
+
+    with pytest.raises(ValueError, match="bug"):
+        each(range(50), work, JobResult(1), 4)
+    assert len(running) < 50  # the others stopped taking items
+    assert threading.active_count() == 1
+
+
+def test_a_stop_in_the_main_thread_stops_the_others_and_they_clean_up() -> None:
+    cleaned: list[int] = []
+    started = threading.Event()
+
+    def work(i: int, part: JobResult) -> None:
+        try:
+            if threading.current_thread() is threading.main_thread():
+                started.wait(1)
+                time.sleep(0.05)
+                raise WorkerStop  # what a worker's SIGTERM handler raises
+            started.set()
+            for _ in range(100):  # slow requests (a stop is raised between two of them)
+                time.sleep(0.05)
+        except BaseException:
+            cleaned.append(i)
+            raise
+
+    t0 = time.monotonic()
+    with pytest.raises(WorkerStop):
+        each(range(8), work, JobResult(1), 8)
+    assert time.monotonic() - t0 < 0.5 + threads.STOP_GRACE_S
+    assert len(cleaned) == 8  # every thread's item went through its clean-up
+    deadline = time.monotonic() + 2
+    while threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == 1
+
+
+def _slow_dir_job(src: str, dst: str, ready: multiprocessing.synchronize.Event, where: str) -> None:  # type: ignore[name-defined]
+    """A worker's life, in a fork child: handlers in place, 8 fixed threads, every file's copy
+    (where="copy") or the creation of every temporary file (where="create": the file exists,
+    its name has not reached the caller yet) slow; the parent SIGTERMs it mid-job."""
+    worker.init_worker()
+    name = "copy_range" if where == "copy" else "create_temp"
+    real = getattr(worker, name)
+
+    def slow(*args: object, **kwargs: object) -> object:
+        ready.set()
+        if where == "copy":
+            time.sleep(0.05)
+        value = real(*args, **kwargs)
+        if where == "create":
+            time.sleep(0.05)
+        return value
+
+    setattr(worker, name, slow)
+    names = tuple(sorted(os.listdir(src)))
+    worker.run_job(DirJob(1, src, dst, names, True, 1 << 40, 1 << 40, True, CopyOptions(threads=8)))
+    os._exit(0)
+
+
+@pytest.mark.parametrize("trial", range(8))
+@pytest.mark.parametrize("where", ["copy", "create"])
+def test_sigterm_mid_threaded_job_leaves_no_temporary_file(tmp_path: Path, trial: int, where: str) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(64):
+        (src / f"f{i:02d}").write_bytes(os.urandom(2000))
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    process = ctx.Process(target=_slow_dir_job, args=(str(src), str(dst), ready, where))
+    process.start()
+    assert ready.wait(10)
+    time.sleep(0.003 * trial)  # a different moment of the copy each trial
+    os.kill(process.pid or 0, signal.SIGTERM)
+    process.join(5)
+    assert process.exitcode == 128 + signal.SIGTERM
+    left = os.listdir(dst)
+    assert not [n for n in left if TEMP_MARKER in n], left
+    for name in left:  # whatever is under a final name is complete
+        assert (dst / name).read_bytes() == (src / name).read_bytes()
