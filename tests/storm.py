@@ -3,7 +3,7 @@ every guarantee of docs/interruption.md checked on every trial.
 
 Used by tests/test_storm.py (a bounded number of trials, in CI) and by hand for long runs:
 
-    .venv/bin/python tests/storm.py --trials 300 --rows all --jobs 8 [--seed N] [--tree DIR]
+    .venv/bin/python tests/storm.py --trials 300 --rows all --jobs 8 [--seed N] [--tree DIR] [--threads 8]
 
 Rows (what is done to a running `pcopy SRC DST -j N`):
     int, term          SIGINT / SIGTERM to pcopy alone
@@ -295,6 +295,8 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=4, help="large files (64 MiB each)")
     parser.add_argument("--small", type=int, default=2000, help="small files (64 KiB each)")
     parser.add_argument("--work", default=None, help="a directory for the trees (default: a temp dir)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="pass --threads N to pcopy (threads inside workers: their stops are stormed too)")
     args = parser.parse_args()
     rows = list(ROWS) if args.rows == "all" else args.rows.split(",")
     work = Path(args.work or tempfile.mkdtemp(prefix="pcopy-storm-"))
@@ -302,7 +304,7 @@ def main() -> int:
     if not src.exists():
         src.mkdir(parents=True)
         make_tree(src, args.large, 64, args.small, 64)
-    storm = Storm(src, work, args.jobs, [])
+    storm = Storm(src, work, args.jobs, ["--threads", str(args.threads)] if args.threads else [])
     storm.prepare()
     print(f"seed {args.seed}; a whole copy takes {storm.duration_s:.2f} s; rows {rows}", flush=True)
     tally: dict[str, list[int]] = {row: [0, 0, 0] for row in rows}

@@ -12,10 +12,10 @@ from pyfakefs.fake_filesystem_unittest import Patcher
 from pcopy.config import Config, Method
 from pcopy.errors import RefusedError
 from pcopy.jobs import CopyOptions, Kind
-from pcopy.runner import run_copy
-from pcopy.target import locate
 from pcopy.plan import Planner
+from pcopy.runner import run_copy
 from pcopy.scan import scan_dir
+from pcopy.target import locate
 
 
 @pytest.fixture
