@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import stat
-from contextlib import suppress
 
 from pcopy.config import Config
 from pcopy.jobs import STEP_COMPARE, STEP_METADATA, STEP_MKDIR, CopyFailure, EntryTask, FoundDir, Kind
-from pcopy.metadata import apply_metadata, copy_xattrs, current_umask, masked_mode, remove_leftovers
+from pcopy.metadata import apply_metadata, copy_xattrs, current_umask, masked_mode
 from pcopy.report import CopyReport
 from pcopy.target import dst_refused
 from pcopy.walk import Entry
@@ -28,35 +27,43 @@ class NotADirectory(Exception):
         super().__init__(f"destination {dst!r} exists and is not a directory")
 
 
-def prepare_dir(dst: str, *, dry_run: bool, keep_partial: bool, parents: bool = False,
-                at: tuple[int, str] | None = None) -> bool:
+def prepare_dir(dst: str, *, dry_run: bool, parents: bool = False, look_first: bool = False,
+                at: tuple[int, str] | None = None) -> os.stat_result | None:
     """Make dst private (0700: nothing in it is reachable before its final mode is applied at
-    the end), or merge into the directory already there (clearing temporary files a killed run
-    left, and partial files unless keep_partial). True when this run made it; a dry run only
-    looks (True: it would). With at (an open directory and dst's name in it) the calls name it
-    relative to that directory: one round trip on a network file system instead of one per
-    path component. Raises NotADirectory, OSError."""
+    the end), or merge into the directory already there (its ScanJob clears what a killed run
+    left in it). Returns the existing directory's stat, None when this run made it; a dry run
+    only looks (None: it would make it). look_first:
+    it probably exists (a re-run): one stat instead of a failed mkdir and a stat. With at (an
+    open directory and dst's name in it) the calls name it relative to that directory: one
+    round trip on a network file system instead of one per path component. Raises
+    NotADirectory, OSError."""
     dir_fd, name = at if at is not None else (None, dst)
     follow = parents  # the top-level DST may be a symlink to a directory: merged into, as cp does
-    if dry_run:
+    st: os.stat_result | None = None
+    if dry_run or look_first:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
         except FileNotFoundError:
-            return True
-    else:
+            if dry_run:
+                return None
+    if st is None:
         try:
             if parents:
                 os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
             os.mkdir(name, 0o700, dir_fd=dir_fd)
-            return True
+            return None
         except FileExistsError:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectory(dst)
-    if not dry_run:
-        with suppress(OSError):
-            remove_leftovers(dst, keep_partial=keep_partial)
-    return False
+    return st
+
+
+def may_hold_leftovers(there: os.stat_result | None, src_mtime_ns: int) -> bool:
+    """Whether an existing DST directory may hold what a killed run left (temporary and partial
+    files): not when its mtime is still the one a finished run gave it (SRC's), since creating
+    any of them would have moved it. Saves listing every directory of an up-to-date tree."""
+    return there is not None and there.st_mtime_ns != src_mtime_ns
 
 
 class Directories:
@@ -72,13 +79,14 @@ class Directories:
         self.made: list[tuple[str, Entry]] = []  # (dst, entry) in walk order
         self.fresh: set[str] = set()  # rel paths of directories this run created
         self.blocked: set[str] = set()  # rel paths whose destination could not be made
+        self.root_leftovers = False  # (see may_hold_leftovers)
 
     def make(self, entry: Entry, dst: str, parents: bool = False) -> bool:
         """prepare_dir(dst) and record it; a failure is reported (for DST itself, parents=True,
         it refuses the run: exit 2). False when nothing can go into it."""
         config = self.config
         try:
-            fresh = prepare_dir(dst, dry_run=config.dry_run, keep_partial=config.partial, parents=parents)
+            there = prepare_dir(dst, dry_run=config.dry_run, parents=parents, look_first=True)
         except NotADirectory as exc:
             self.blocked.add(entry.rel)
             self.report.failures.append(CopyFailure(entry.src, None, str(exc), STEP_MKDIR))
@@ -89,7 +97,8 @@ class Directories:
             self.blocked.add(entry.rel)
             self.report.failures.append(CopyFailure.of(entry.src, exc, STEP_COMPARE if config.dry_run else STEP_MKDIR))
             return False
-        self.add(entry, dst, fresh)
+        self.add(entry, dst, there is None)
+        self.root_leftovers = may_hold_leftovers(there, entry.mtime_ns)
         return True
 
     def add(self, entry: Entry, dst: str, fresh: bool) -> None:

@@ -156,6 +156,7 @@ class ScanJob(NamedTuple):
     rel: str  # relative to SRC, os.sep-joined ("" for the root)
     dst_dir: str
     check_dst: bool  # False: dst_dir was made in this run, nothing can be in it
+    leftovers: bool  # dst_dir may hold a killed run's temporary files: clear them first
     # --copy-links: (st_dev, st_ino) of src_dir and its ancestors, to refuse a symlink loop.
     ancestors: frozenset[tuple[int, int]]
     batch_files: int
@@ -175,6 +176,7 @@ class FoundDir(NamedTuple):
     dst: str
     fresh: bool
     ancestors: frozenset[tuple[int, int]]
+    leftovers: bool  # an existing directory that may hold a killed run's temporary files
 
 
 class RangeJob(NamedTuple):

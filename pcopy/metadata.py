@@ -112,19 +112,21 @@ def is_partial_name(name: str) -> bool:
 
 
 def remove_leftovers(directory: str, keep: frozenset[str] | set[str] = frozenset(), *,
-                     keep_partial: bool = True) -> int:
+                     keep_partial: bool = True, dir_fd: int | None = None) -> int:
     """Remove temporary files a killed run (SIGKILL, power cut) left in directory, except the
     paths in keep; returns how many. Only non-directories with pcopy's exact temporary-name
     pattern are touched. Partial files (--partial, ".NAME.pcopy-partial") are data an
     interrupted run kept on purpose: they stay unless keep_partial is False (a run without
-    --partial clears them, as debris)."""
+    --partial clears them, as debris). dir_fd: directory opened already (listed and changed
+    through it: no lookup of its path, one round trip fewer on a network file system)."""
     removed = 0
-    with os.scandir(directory) as listing:
+    prefix = os.path.join(directory, "")
+    with os.scandir(directory if dir_fd is None else dir_fd) as listing:
         for item in listing:
             if ((is_temp_name(item.name) or (not keep_partial and is_partial_name(item.name)))
-                    and item.path not in keep and not item.is_dir(follow_symlinks=False)):
+                    and prefix + item.name not in keep and not item.is_dir(follow_symlinks=False)):
                 try:
-                    os.unlink(item.path)
+                    os.unlink(prefix + item.name if dir_fd is None else item.name, dir_fd=dir_fd)
                     removed += 1
                 except FileNotFoundError:
                     pass

@@ -144,11 +144,11 @@ class Planner:
                       split_bytes=self.split_bytes, job_bytes=self.config.batch_bytes,
                       hand_back_links=self.config.preserve_hard_links, options=self.options)
 
-    def scan_job(self, src_dir: str, rel: str, dst_dir: str, check_dst: bool,
+    def scan_job(self, src_dir: str, rel: str, dst_dir: str, check_dst: bool, leftovers: bool,
                  ancestors: frozenset[tuple[int, int]]) -> ScanJob:
         """One directory for a worker to list (see ScanJob)."""
         config = self.config
-        return ScanJob(self.next_id(), src_dir, rel, dst_dir, check_dst, ancestors, config.batch_files,
+        return ScanJob(self.next_id(), src_dir, rel, dst_dir, check_dst, leftovers, ancestors, config.batch_files,
                        copy_names=True, split_bytes=self.split_bytes, job_bytes=config.batch_bytes,
                        hand_back_links=config.preserve_hard_links, filters=config.filters or None,
                        options=self.options)

@@ -251,7 +251,7 @@ class CopyRun:
             return
         ancestors = frozenset({(st.st_dev, st.st_ino)}) if self.config.dereference else frozenset()
         self.scans.append(self.planner.scan_job(target.src, "", target.dst, "" not in self.directories.fresh,
-                                                ancestors))
+                                                self.directories.root_leftovers, ancestors))
         self.settle(walk_only=True)
 
     def group_size(self) -> int:
@@ -268,7 +268,7 @@ class CopyRun:
             self.directories.add_found(found)
             entry = found.entry
             self.scans.append(self.planner.scan_job(entry.src, entry.rel, found.dst, not found.fresh,
-                                                    found.ancestors))
+                                                    found.leftovers, found.ancestors))
         if result.listed:
             self.progress.add_names(result.listed)  # the workers report their sizes
         for names in result.names or ():

@@ -14,7 +14,7 @@ import errno
 import os
 
 from pcopy import threads
-from pcopy.dirs import NotADirectory, prepare_dir
+from pcopy.dirs import NotADirectory, may_hold_leftovers, prepare_dir
 from pcopy.jobs import STEP_COMPARE, STEP_MKDIR, STEP_WALK, CopyFailure, DirJob, FoundDir, JobResult, Kind, ScanJob
 from pcopy.walk import list_dir, make_entry
 
@@ -86,8 +86,8 @@ def _make_subdir(job: ScanJob, name: str, src_fd: int | None, dst_fd: int | None
         ancestors = ancestors | {key}
     dst = os.path.join(job.dst_dir, name)
     try:
-        fresh = (True if options.dry_run and not job.check_dst  # nothing can be below a new directory
-                 else prepare_dir(dst, dry_run=options.dry_run, keep_partial=options.partial,
+        there = (None if options.dry_run and not job.check_dst  # nothing can be below a new directory
+                 else prepare_dir(dst, dry_run=options.dry_run, look_first=job.check_dst,
                                   at=(dst_fd, name) if dst_fd is not None else None))
     except NotADirectory as exc:
         part.failures.append(CopyFailure(src, None, str(exc), STEP_MKDIR))
@@ -95,4 +95,4 @@ def _make_subdir(job: ScanJob, name: str, src_fd: int | None, dst_fd: int | None
     except OSError as exc:
         part.failures.append(CopyFailure.of(src, exc, STEP_COMPARE if options.dry_run else STEP_MKDIR))
         return None
-    return FoundDir(entry, dst, fresh, ancestors)
+    return FoundDir(entry, dst, there is None, ancestors, may_hold_leftovers(there, st.st_mtime_ns))

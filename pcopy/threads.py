@@ -16,15 +16,17 @@ GIL, so how many a job uses is decided per worker process by measurement (Concur
 - No peer does this (rclone's --checkers/--transfers and dcp's rank count are the user's guess).
 
 each() runs one job's entries on up to `limit` threads (the calling thread is one of them); each
-thread counts into a JobResult of its own, merged at the end, so no count is shared. A worker
-told to stop (SIGTERM raises WorkerStop in its main thread) raises the same exception in every
-other thread of the job (PyThreadState_SetAsyncExc: what a signal does to the main thread), so
-each removes the temporary file it was writing on its way out, and waits for them, bounded.
+thread counts into a JobResult of its own, merged at the end, so no count is shared. A job
+told to stop (SIGTERM raises WorkerStop in a worker's main thread, an interrupt in the parent's)
+sets `stopping`: the other threads take no further entry and leave the one they copy at their
+next check_stop (as bytes move), removing its temporary file; a file whose bytes are all
+written is finished and renamed, which is as good. The stop waits for them, bounded. (Raising
+in other threads with PyThreadState_SetAsyncExc was tried first: an exception can land as a
+thread leaves, outside any handler, and print a traceback.)
 """
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import threading
 import time
@@ -147,8 +149,9 @@ _live: set[threading.Thread] = set()
 def reset() -> None:
     """A new run starts from one thread: what an earlier run in this process learnt was about
     its own storage. (Workers start from their parent's state when they fork.)"""
-    global concurrency
+    global concurrency, stopping
     concurrency = Concurrency()
+    stopping = False
 
 
 def configure(fixed: int) -> None:
@@ -206,7 +209,7 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
     errors: list[BaseException] = []  # a bug in work (it records OS errors itself): the job fails
 
     def run(part: JobResult) -> None:
-        while not errors and (i := next(taken)) < len(items):
+        while not errors and not stopping and (i := next(taken)) < len(items):
             work(items[i], part)
 
     def helper_run(part: JobResult, share: int) -> None:
@@ -216,7 +219,7 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
         except Exception as exc:
             errors.append(exc)
         except BaseException:
-            pass  # told to stop (_stop): its clean-up ran on the way here
+            pass  # stopped (check_stop): its clean-up ran on the way here
         finally:
             _live.discard(threading.current_thread())
 
@@ -234,7 +237,6 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
         for helper in helpers:
             helper.join()
     except BaseException:  # stopped (SIGTERM in a worker, an interrupt inline): so are the others
-        errors.append(_Stopped())
         _stop()
         raise
     if errors:
@@ -244,7 +246,18 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
 
 
 class _Stopped(WorkerStop):
-    """Raised in a job's other threads when the job stops."""
+    """Raised in a job's other threads when the job stops (check_stop)."""
+
+
+# Set when a job stops: every helper thread, of every job, takes no further entry and leaves
+# the one it is copying at its next check_stop (removing its temporary file on the way).
+stopping = False
+
+
+def check_stop(nbytes: int) -> None:
+    """Called by helper threads as bytes move (their on_bytes): raises once the job stops."""
+    if stopping:
+        raise _Stopped
 
 
 def _part(result: JobResult) -> JobResult:
@@ -255,14 +268,13 @@ def _part(result: JobResult) -> JobResult:
 
 
 def _stop() -> None:
-    """Raise _Stopped in every helper still running, of every job (each cleans up on its way
-    out), then wait for them, bounded: a thread stuck in a system call that never returns is
-    left to the process' exit."""
-    me = threading.current_thread()
-    helpers = [helper for helper in list(_live) if helper is not me]
-    for helper in helpers:
-        if helper.is_alive() and helper.ident is not None:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(helper.ident), ctypes.py_object(_Stopped))
+    """Tell every helper thread to stop (they check between entries and as bytes move), then
+    wait for them, bounded: one stuck in a system call that does not return is left to the
+    process' exit, and a worker then removes the temporary file it was making (pcopy.metadata
+    notes every temporary name before the file exists)."""
+    global stopping
+    stopping = True
     deadline = time.monotonic() + STOP_GRACE_S
-    for helper in helpers:
-        helper.join(max(0.0, deadline - time.monotonic()))
+    for helper in list(_live):
+        if helper is not threading.current_thread():
+            helper.join(max(0.0, deadline - time.monotonic()))

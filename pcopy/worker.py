@@ -63,6 +63,7 @@ from pcopy.metadata import (
     current_umask,
     make_special,
     masked_mode,
+    remove_leftovers,
     remove_made_temps,
     set_times,
     temp_mode,
@@ -235,15 +236,30 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
     result = JobResult(job.job_id)
     if job.options.record_changes:
         result.changes = []
-    on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
+    limit = _threads(job.options)
+    on_bytes = _on_bytes(progress, limit)
 
     def copy(task: EntryTask, part: JobResult) -> None:
         _copy_one(task, job.options, None, part, on_bytes)
         if progress is not None:
             progress.add_file()
 
-    threads.each(job.tasks, copy, result, _threads(job.options), measure=threads.job_measure())
+    threads.each(job.tasks, copy, result, limit, measure=threads.job_measure())
     return result
+
+
+def _on_bytes(progress: _Progress | None, limit: int) -> Callable[[int], None]:
+    """What a job's copies call as bytes move: the progress count and, with threads, the check
+    that lets a stopping job's other threads leave mid-file (threads.check_stop)."""
+    count: Callable[[int], None] = progress.add_bytes if progress else _ignore
+    if limit <= 1:
+        return count
+
+    def checked(nbytes: int) -> None:
+        threads.check_stop(nbytes)
+        count(nbytes)
+
+    return checked
 
 
 def _threads(options: CopyOptions) -> int:
@@ -394,9 +410,9 @@ class DstDir(NamedTuple):
     new_file_gid: int  # group a new file gets: the directory's if it is set-group-ID
 
 
-def _dst_dir(path: str) -> DstDir | None:
+def _dst_dir(path: str, fd: int | None = None) -> DstDir | None:
     try:
-        st = os.stat(path)
+        st = os.stat(path) if fd is None else os.fstat(fd)
     except OSError:
         return None
     gid = st.st_gid if st.st_mode & stat.S_ISGID else _EGID
@@ -416,8 +432,8 @@ def _run_dir_open(job: DirJob, progress: _Progress | None, fds: _DirFds) -> JobR
     result = JobResult(job.job_id)
     if job.options.record_changes:
         result.changes = []
-    on_bytes: Callable[[int], None] = progress.add_bytes if progress else _ignore
-    dst_dir = _dst_dir(job.dst_dir)
+    on_bytes = _on_bytes(progress, _threads(job.options))
+    dst_dir = _dst_dir(job.dst_dir, fds.dst)
     lean = _Lean.of(job, dst_dir)
     if lean is None:
         fds = fds.source_only()  # the general path names destination files by full paths
@@ -428,6 +444,11 @@ def _run_scan(job: ScanJob, progress: _Progress | None) -> JobResult:
     """List one directory (pcopy.scan), then copy the names it keeps, with the same open
     directories."""
     with _DirFds(job.src_dir, job.dst_dir if not job.options.dry_run else None) as fds:
+        if job.leftovers and not job.options.dry_run:
+            # What a killed run left here (temporary files; partial ones too, unless this run
+            # continues them), before anything of this run is written into it.
+            with contextlib.suppress(OSError):
+                remove_leftovers(job.dst_dir, keep_partial=job.options.partial, dir_fd=fds.dst)
         result, here = scan_dir(job, fds.dst, fds.src)
         if here is not None:
             result.absorb(_run_dir_open(here, progress, fds))

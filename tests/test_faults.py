@@ -203,10 +203,10 @@ def test_an_entry_that_kills_its_worker_twice_is_reported_alone(tmp_path: Path,
     (src / "poison").write_text("kills whoever copies it")
     real = pcopy.worker.create_temp
 
-    def deadly(dst: str, mode: int, dir_fd: int | None = None) -> tuple[int, str]:
+    def deadly(dst: str, mode: int, dir_fd: int | None = None, shown: str | None = None) -> tuple[int, str]:
         if dst.endswith("poison"):
             os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
-        return real(dst, mode, dir_fd)
+        return real(dst, mode, dir_fd, shown)
 
     # Every file copy creates its temporary file through this name (fork: workers inherit it).
     monkeypatch.setattr(pcopy.worker, "create_temp", deadly)

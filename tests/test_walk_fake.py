@@ -34,7 +34,7 @@ def _walk(root: str, dereference: bool = False, chunk: int = 256) -> tuple[list[
     entries: list[tuple[str, Kind | None]] = []
     st = os.stat(root)
     os.mkdir("/dst")
-    todo = [planner.scan_job(root, "", "/dst", False, frozenset({(st.st_dev, st.st_ino)}) if dereference
+    todo = [planner.scan_job(root, "", "/dst", False, False, frozenset({(st.st_dev, st.st_ino)}) if dereference
                              else frozenset())]
     while todo:
         job = todo.pop(0)
@@ -43,7 +43,7 @@ def _walk(root: str, dereference: bool = False, chunk: int = 256) -> tuple[list[
         for found in result.dirs or ():
             assert os.path.isdir(found.dst) and found.fresh
             entries.append((found.entry.rel, found.entry.kind))
-            todo.append(planner.scan_job(found.entry.src, found.entry.rel, found.dst, False, found.ancestors))
+            todo.append(planner.scan_job(found.entry.src, found.entry.rel, found.dst, False, False, found.ancestors))
         chunks = list(result.names or ()) + ([here.names] if here is not None else [])
         for names in chunks:
             assert 0 < len(names) <= chunk
