@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from pcopy.jobs import CopyFailure
+from pcopy.jobs import COPIED, REPLACED, CopyFailure, JobResult
 
 # Version of the JSON report's layout (docs/json.md). Fields may be added without a bump.
 SCHEMA_VERSION = 1
@@ -74,6 +74,34 @@ class CopyReport:
     warnings: list[str] = field(default_factory=list)  # one line each, said once per run
     # Of skipped: up-to-date entries whose permissions or times were set on DST.
     attributes: int = 0
+
+    def add(self, result: JobResult) -> None:
+        """Count a finished job (or the part of one a byte range is: its bytes and failures)."""
+        self.files += result.files
+        self.bytes += result.bytes
+        self.replaced += result.replaced
+        self.replaced_bytes += result.replaced_bytes
+        if result.changes:
+            self.changes.extend(result.changes)
+        self.hardlinked += result.hardlinked
+        self.hardlinked_bytes += result.hardlinked_bytes
+        self.backed_up += result.backed_up
+        self.resumed += result.resumed
+        self.resumed_bytes += result.resumed_bytes
+        self.skipped += result.skipped
+        self.skipped_bytes += result.skipped_bytes
+        self.attributes += result.attributes
+        self.failures.extend(result.failures)
+
+    def count_file(self, dst: str, nbytes: int, replaced: bool, record: bool) -> None:
+        """One entry the parent copied itself (a split file, a hard link): bytes are counted
+        where they are copied."""
+        self.files += 1
+        if replaced:
+            self.replaced += 1
+            self.replaced_bytes += nbytes
+        if record:
+            self.changes.append((REPLACED if replaced else COPIED, dst))
 
     @property
     def failed(self) -> int:
