@@ -171,14 +171,12 @@ class CopyRun:
         may run ahead of the copy, by that much memory)."""
         while True:
             if self.scans and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
-                size = min(self.group_size(), len(self.scans))
-                scans = [self.scans.popleft() for _ in range(size)]
+                scans = [self.scans.popleft() for _ in range(self.group_size(len(self.scans)))]
                 for scan in scans:
                     self.scans_out[scan.job_id] = scan  # (before submit: -j 1 runs it right here)
                 self.submit_group(scans)
             elif self.dir_jobs:
-                size = min(self.group_size(), len(self.dir_jobs))
-                self.submit_group([self.dir_jobs.popleft() for _ in range(size)])
+                self.submit_group([self.dir_jobs.popleft() for _ in range(self.group_size(len(self.dir_jobs)))])
             elif self.followups:
                 self.submit_all(self.planner.add_task(self.followups.popleft()))
             else:
@@ -217,10 +215,12 @@ class CopyRun:
                                                 self.directories.root_leftovers, ancestors))
         self.settle(walk_only=True)
 
-    def group_size(self) -> int:
-        """Jobs per call: one, until the workers report that they wait on the storage (their
-        thread limit grew, pcopy.threads); then enough that their threads span directories."""
-        return threads.group_size(self.executor.threads)
+    def group_size(self, waiting: int) -> int:
+        """Jobs per call, of `waiting`: one, until the workers report that they wait on the
+        storage (their thread limit grew, pcopy.threads); then enough that their threads span
+        directories, but no more than leaves every worker two calls of what waits."""
+        fair = -(-waiting // (2 * self.config.jobs))
+        return max(1, min(threads.group_size(self.executor.threads), fair, waiting))
 
     def submit_group(self, jobs: list[DirJob] | list[ScanJob]) -> None:
         self.executor.submit(jobs[0] if len(jobs) == 1 else GroupJob(self.planner.next_id(), tuple(jobs)))

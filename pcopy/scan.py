@@ -43,7 +43,7 @@ def scan_dir(job: ScanJob, dst_fd: int | None, src_fd: int | None) -> tuple[JobR
         if made is not None:
             found.append(made)
 
-    threads.each(subdirs, make, result, threads.job_threads(), measure=threads.job_measure(), kind="scan")
+    threads.each(subdirs, make, result, measure=threads.job_measure(), kind="scan")
     # Listing order, whichever thread made which (the order of the tree's runs stays the same).
     order = {name: i for i, name in enumerate(subdirs)}
     found.sort(key=lambda d: order[os.path.basename(d.dst)])

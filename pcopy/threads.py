@@ -188,18 +188,31 @@ def grouped(share: int) -> None:
 
 
 def each(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobResult,
-         threads: int, measure: Concurrency | None = None, kind: str = "copy") -> None:
-    """work(item, result) for every item, on up to `threads` threads. With measure, the phase's
-    wall and CPU time are counted towards its next limit, as a phase of this kind."""
-    threads = min(threads, len(items))
-    start, cpu = (time.perf_counter(), time.process_time()) if measure is not None else (0.0, 0.0)
-    if threads <= 1:
-        for item in items:
-            work(item, result)
-    else:
-        _in_threads(items, work, result, threads)
-    if measure is not None:
-        measure.observe(kind, len(items), time.perf_counter() - start, time.process_time() - cpu, threads, start)
+         threads: int | None = None, measure: Concurrency | None = None, kind: str = "copy") -> None:
+    """work(item, result) for every item, on up to `threads` threads (None: the job's share of
+    the limit, job_threads). With measure, the items go in windows of twice the limit, each
+    counted towards the next limit as a phase of this kind, and the next window uses it: a
+    worker that starts at one thread on slow storage is at 64 after ~40 entries, not jobs."""
+    n = len(items)
+    done = 0
+    while done < n:
+        limit = job_threads() if threads is None else threads
+        end = n
+        if measure is not None:
+            size = max(MIN_ITEMS, 2 * limit)
+            if n - done >= 2 * size:
+                end = done + size
+        chunk = items[done:end]
+        used = min(limit, len(chunk))
+        start, cpu = (time.perf_counter(), time.process_time()) if measure is not None else (0.0, 0.0)
+        if used <= 1:
+            for item in chunk:
+                work(item, result)
+        else:
+            _in_threads(chunk, work, result, used)
+        if measure is not None:
+            measure.observe(kind, len(chunk), time.perf_counter() - start, time.process_time() - cpu, used, start)
+        done = end
 
 
 def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobResult,

@@ -248,11 +248,11 @@ def _run_batch(job: BatchJob, progress: _Progress | None) -> JobResult:
     return result
 
 
-def _on_bytes(progress: _Progress | None, limit: int) -> Callable[[int], None]:
+def _on_bytes(progress: _Progress | None, limit: int | None) -> Callable[[int], None]:
     """What a job's copies call as bytes move: the progress count and, with threads, the check
     that lets a stopping job's other threads leave mid-file (threads.check_stop)."""
     count: Callable[[int], None] = progress.add_bytes if progress else _ignore
-    if limit <= 1:
+    if limit == 1:
         return count
 
     def checked(nbytes: int) -> None:
@@ -262,10 +262,11 @@ def _on_bytes(progress: _Progress | None, limit: int) -> Callable[[int], None]:
     return checked
 
 
-def _threads(options: CopyOptions) -> int:
-    """How many threads a job's entries may use (pcopy.threads). One with --bwlimit: a process'
-    slot in the shared budget is written by one thread only."""
-    return 1 if options.bwlimit_bytes else threads.job_threads()
+def _threads(options: CopyOptions) -> int | None:
+    """How many threads a job's entries may use: None, the job's share of the worker's limit
+    (pcopy.threads), except one with --bwlimit (a process' slot in the shared budget is
+    written by one thread only)."""
+    return 1 if options.bwlimit_bytes else None
 
 
 def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, result: JobResult,
