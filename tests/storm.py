@@ -217,6 +217,10 @@ class Storm:
                ended: float, err: str, dst: Path) -> None:
         problems = trial.problems
         code = proc.returncode
+        if trial.before_pcopy and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            # pcopy's handler answered, so its handlers were in place when the signal landed:
+            # the storm was descheduled between reading /proc and sending it (a loaded machine).
+            trial.before_pcopy = False
         if trial.before_pcopy and first is not None and row != "kill-parent":
             # Python's own start-up: SIGTERM's default action or a KeyboardInterrupt, before
             # pcopy did anything. What must still hold: nothing written, nothing left running.

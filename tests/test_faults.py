@@ -21,7 +21,7 @@ import pcopy.worker
 from pcopy import fastcopy
 from pcopy.config import Config, Method
 from pcopy.executor import WORKER_DIED
-from pcopy.runner import run_copy
+from pcopy.runner import CopyRun, run_copy
 from pcopy.target import locate
 
 MIB = 1024 * 1024
@@ -215,6 +215,42 @@ def test_an_entry_that_kills_its_worker_twice_is_reported_alone(tmp_path: Path,
     assert [(Path(f.path).name, f.message) for f in report.failures] == [("poison", WORKER_DIED)]
     assert report.files == 40
     assert sorted(os.listdir(tmp_path / "dst")) == [f"f{i:02d}" for i in range(40)]
+
+
+def test_a_poisoned_entry_in_a_group_of_jobs_is_narrowed_down_to_itself(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With threads (fixed here, as on slow storage), jobs of several directories go to a worker
+    in one call (GroupJob): a group whose worker dies is sent again as its members, a member
+    that dies alone as its entries, and only the entry that kills its worker fails."""
+    src = tmp_path / "src"
+    for d in range(12):
+        for i in range(5):
+            (src / f"d{d:02d}" / f"f{i}").parent.mkdir(parents=True, exist_ok=True)
+            (src / f"d{d:02d}" / f"f{i}").write_text(f"file {d}/{i}")
+    (src / "d03" / "poison").write_text("kills whoever copies it")
+    real = pcopy.worker.create_temp
+    groups: list[int] = []
+    real_submit = CopyRun.submit_group
+
+    def deadly(dst: str, mode: int, dir_fd: int | None = None, shown: str | None = None) -> tuple[int, str]:
+        if dst.endswith("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+        return real(dst, mode, dir_fd, shown)
+
+    def counted(self: CopyRun, jobs: Any) -> None:
+        groups.append(len(jobs))
+        real_submit(self, jobs)
+
+    monkeypatch.setattr(pcopy.worker, "create_temp", deadly)
+    monkeypatch.setattr(CopyRun, "submit_group", counted)
+    dst = tmp_path / "dst"
+    report = run_copy(locate(str(src), str(dst)), Config(jobs=2, threads=8, start_method="fork"))
+    assert max(groups) >= 2  # jobs did go in groups
+    assert [(Path(f.path).name, f.message) for f in report.failures] == [("poison", WORKER_DIED)]
+    assert report.files == 60
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("f*")) == sorted(
+        f"d{d:02d}/f{i}" for d in range(12) for i in range(5))
+    assert temp_files(dst) == []
 
 
 @pytest.fixture
