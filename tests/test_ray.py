@@ -7,6 +7,7 @@ the machine; this module only starts and stops its own cluster, in its own tempo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -27,6 +28,7 @@ from treeutil import (
     assert_same_tree,
     build_sample_tree,
     compare,
+    is_temp_name,
     snapshot,
     stamp_times,
     temp_leftovers,
@@ -98,16 +100,22 @@ def cluster() -> Iterator[RayCluster]:
 
 
 def ray_workers() -> list[int]:
-    """Pids of pcopy's Ray actors on this machine (Ray titles them ray::<class name>)."""
+    """Pids of pcopy's Ray actors on this machine (Ray titles them ray::<class name>) that
+    belong to this module's cluster: their environment (inherited from its raylets) names its
+    RAY_TMPDIR. Other sessions' Ray clusters on the same machine are not this test's."""
     found = []
+    mine = b"RAY_TMPDIR=" + os.environ.get("RAY_TMPDIR", "").encode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if not cmdline.startswith(b"ray::" + raypool.WORKER_CLASS_NAME.encode()):
+                continue
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline.startswith(b"ray::" + raypool.WORKER_CLASS_NAME.encode()):
+        if mine in environ:
             found.append(int(pid))
     return found
 
@@ -303,6 +311,67 @@ def test_sigint_exits_130_without_temporary_files(cluster: RayCluster, slow_src:
     assert temp_leftovers(dst) == []
     assert_complete_files_only(slow_src, dst)
     assert 0 < final_files(dst) < final_files(slow_src)
+
+
+def dst_state(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry under root: (kind and mode, size, mtime): what a writer would change."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(FileNotFoundError):  # (renamed or removed meanwhile)
+                st = os.lstat(path)
+                state[path] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_driver_sigkilled_mid_copy_leaves_nothing_writing(cluster: RayCluster, tmp_path: Path) -> None:
+    """Ray kills the actors of a driver that died. The files in flight are copied one byte per
+    read/write: a surviving actor would keep writing its file for ~15 s, past the 10 s bound."""
+    src = tmp_path / "src"
+    for i in range(2):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "large.bin").write_bytes(os.urandom(8 * MIB))
+    before = set(ray_workers())
+    dst = tmp_path / "dst"
+    proc = start_cli(cluster, src, dst, "--buffer-size", "1")
+    try:
+        deadline = time.monotonic() + 30
+        while not any(os.path.getsize(p) for p in temp_leftovers(dst) if os.path.exists(p)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no file in flight"
+            time.sleep(0.01)
+        job_workers = set(ray_workers()) - before
+        assert job_workers, "no Ray worker of this copy running mid-copy"
+        proc.kill()
+        killed = time.monotonic()
+        proc.wait()
+        # DST must stop changing within 10 s of the kill: a quiet window of 2 s that starts by then.
+        last_change = killed
+        state = dst_state(dst)
+        while time.monotonic() - last_change < 2:
+            time.sleep(0.05)
+            now = dst_state(dst)
+            if now != state:
+                last_change, state = time.monotonic(), now
+            since = time.monotonic() - killed
+            assert since < 12, f"DST still changing {since:.1f} s after the kill"
+        assert last_change - killed < 10
+        assert [pid for pid in job_workers if alive(pid)] == [], "an actor of the killed driver is alive"
+        assert set(ray_workers()) <= before, "an actor of the killed driver was started after it died"
+    finally:
+        stop(proc)
+    # What was in flight stays as a temporary file (the next run removes it); nothing partial
+    # under a final name.
+    finals = [p for p in dst.rglob("*") if p.is_file() and not is_temp_name(p.name.encode())]
+    assert all(p.read_bytes() == (src / p.relative_to(dst)).read_bytes() for p in finals)
 
 
 # -- preconditions --------------------------------------------------------------------------------
