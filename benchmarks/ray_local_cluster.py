@@ -210,8 +210,9 @@ def main() -> int:
                         os.chmod(os.path.join(root, d), 0o755)
             shutil.rmtree(base, ignore_errors=True)
     print(json.dumps(result, indent=1, default=str))
+    ray_report = result.get("ray")
     ok = (not result.get("ray_vs_src") and not result.get("ray_vs_local") and result.get("temp_files") == 0
-          and isinstance(result.get("ray"), dict) and result["ray"].get("exit_code") == 0)  # type: ignore[union-attr]
+          and isinstance(ray_report, dict) and ray_report.get("exit_code") == 0)
     print("OK: the Ray copy equals SRC and the local engine's copy" if ok else "MISMATCH")
     return 0 if ok else 1
 
