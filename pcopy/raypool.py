@@ -32,6 +32,7 @@ Callbacks run in the thread that calls poll(), never in a thread of Ray's.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -318,10 +319,13 @@ class RayPool(CallQueue):
         # many workers run, and a replacement never waits for CPUs its dead peer still holds.
         self.actor_class = self.ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0,
                                            max_concurrency=1)(PcopyWorker)
-        self.slots = _node_slots(self.ray)
+        # ask_raylets: whether this machine can reach the nodes' raylets (_gone_raylets).
+        self.slots, self.ask_raylets = _node_slots(self.ray)
         self.started = 0
         self.suspect_nodes: set[str] = set()  # nodes an actor died on: alive still?
-        self.gone_nodes: set[str] = set()  # nodes Ray could not place an actor on: dead
+        # Nodes found gone (Ray could not place an actor there, or their raylet stopped
+        # answering after an actor died there): they take no more actors in this copy.
+        self.gone_nodes: set[str] = set()
 
     # -- starting -------------------------------------------------------------------------------
     def _start_actor(self) -> _Actor:
@@ -336,7 +340,7 @@ class RayPool(CallQueue):
             if candidate in self.suspect_nodes:
                 live = {n.node_id: n for n in usable_nodes(self.ray)} if live is None else live
                 self.suspect_nodes.discard(candidate)
-                if candidate not in live or not _raylet_answers(live[candidate]):
+                if candidate not in live or (self.ask_raylets and not _raylet_answers(live[candidate])):
                     self.gone_nodes.add(candidate)
                     continue
                 # (alive: only its actor died)
@@ -575,11 +579,27 @@ def _raylet_answers(node: NodeInfo) -> bool:
     return True
 
 
-def _node_slots(ray: Any) -> list[str]:
+def _gone_raylets(nodes: list[NodeInfo]) -> tuple[set[str], bool]:
+    """The nodes whose raylet does not answer (_raylet_answers, asked of all at once), and
+    whether this machine can tell at all: when none answers (a driver that cannot reach the
+    nodes' raylets, e.g. through Ray Client), none is called gone and Ray's node table is
+    trusted instead."""
+    if not nodes:
+        return set(), False
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(nodes))) as threads:
+        answers = list(threads.map(_raylet_answers, nodes))
+    if not any(answers):
+        return set(), False
+    return {n.node_id for n, answered in zip(nodes, answers, strict=True) if not answered}, True
+
+
+def _node_slots(ray: Any) -> tuple[list[str], bool]:
     """Node ids, each as many times as it has CPUs (at least once), interleaved round-robin;
-    not those whose raylet is gone by now (_raylet_answers)."""
-    nodes = [n for n in usable_nodes(ray) if (_checked_nodes is None or n.node_id in _checked_nodes)
-             and _raylet_answers(n)]
+    not those whose raylet is gone by now (_gone_raylets). And whether raylets can be asked
+    from here."""
+    nodes = [n for n in usable_nodes(ray) if _checked_nodes is None or n.node_id in _checked_nodes]
+    gone, can_tell = _gone_raylets(nodes)
+    nodes = [n for n in nodes if n.node_id not in gone]
     counts = {n.node_id: max(1, int(n.cpus)) for n in nodes}
     slots: list[str] = []
     while any(counts.values()):
@@ -587,7 +607,7 @@ def _node_slots(ray: Any) -> list[str]:
             if left:
                 slots.append(node_id)
                 counts[node_id] = left - 1
-    return slots
+    return slots, can_tell
 
 
 # -- the probe: does every node see SRC and DST? ---------------------------------------------------
@@ -662,7 +682,7 @@ def check_nodes(target: Target, config: Config) -> list[NodeInfo]:
     # A node that died moments ago is still alive in Ray's node table (until the GCS's health
     # checks give up: 12-16 s measured), and a probe pinned to it waits that long: a node whose
     # raylet refuses connections is gone, and takes no workers (not a refusal).
-    gone = {n.node_id for n in nodes if not _raylet_answers(n)}
+    gone, _ = _gone_raylets(nodes)
     refs = {task.options(scheduling_strategy=on_node(n.node_id)).remote(target.src, dst, write): n
             for n in nodes if n.node_id not in gone}
     ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)

@@ -596,6 +596,21 @@ def test_nodes_gone_before_the_probe_take_no_workers(cluster: RayCluster, tmp_pa
     assert seen["nodes"] and not seen["nodes"] & {GONE_NODE, "cd" * 28}
 
 
+def test_raylets_this_machine_cannot_reach_are_not_called_gone(cluster: RayCluster, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver that reaches no raylet at all (e.g. through Ray Client, from outside the
+    cluster's network) cannot tell dead nodes that way: it trusts Ray's node table."""
+    monkeypatch.setattr(raypool, "_raylet_answers", lambda node: False)
+    seen = spy_pool(monkeypatch)
+    src = tmp_path / "src"
+    for i in range(4):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "f").write_text("x")
+    report = pcopy.copy(src, tmp_path / "dst", jobs=2, engine="ray")
+    assert (report.exit_code, report.files) == (0, 4)
+    assert len(seen["nodes"]) == 2
+
+
 def test_bwlimit_is_refused_with_the_ray_engine(tmp_path: Path) -> None:
     """--bwlimit's shared budget lives in this machine's temporary directory."""
     (tmp_path / "src").mkdir()
