@@ -32,6 +32,7 @@ Callbacks run in the thread that calls poll(), never in a thread of Ray's.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -79,6 +80,10 @@ MAX_START_FAILURES_PER_WORKER = 2
 # How long to wait for the TCP connection to a Ray address (seconds) before calling ray.init,
 # which would retry a dead address for minutes.
 CONNECT_CHECK_S = 5.0
+
+# When an actor died on a node, how long the driver waits for that node's raylet to accept a
+# TCP connection (seconds) before it counts the node as gone for the rest of the copy.
+RAYLET_CHECK_S = 1.0
 
 # How long the probe (check_nodes) waits for every node to answer (seconds): a node has to
 # start a worker process for it (~1 s idle, more when busy).
@@ -314,23 +319,31 @@ class RayPool(CallQueue):
         # many workers run, and a replacement never waits for CPUs its dead peer still holds.
         self.actor_class = self.ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0,
                                            max_concurrency=1)(PcopyWorker)
-        self.slots = _node_slots(self.ray)
+        # ask_raylets: whether this machine can reach the nodes' raylets (_gone_raylets).
+        self.slots, self.ask_raylets = _node_slots(self.ray)
         self.started = 0
         self.suspect_nodes: set[str] = set()  # nodes an actor died on: alive still?
+        # Nodes found gone (Ray could not place an actor there, or their raylet stopped
+        # answering after an actor died there): they take no more actors in this copy.
+        self.gone_nodes: set[str] = set()
 
     # -- starting -------------------------------------------------------------------------------
     def _start_actor(self) -> _Actor:
         """The next actor goes to the next slot's node (nodes take actors in proportion to their
         CPUs, round-robin), skipping nodes that are gone."""
         node_id = None
-        live: set[str] | None = None
+        live: dict[str, NodeInfo] | None = None
         for k in range(len(self.slots)):
             candidate = self.slots[(self.started + k) % len(self.slots)]
+            if candidate in self.gone_nodes:
+                continue
             if candidate in self.suspect_nodes:
-                live = _live_nodes(self.ray) if live is None else live
-                if candidate not in live:
+                live = {n.node_id: n for n in usable_nodes(self.ray)} if live is None else live
+                self.suspect_nodes.discard(candidate)
+                if candidate not in live or (self.ask_raylets and not _raylet_answers(live[candidate])):
+                    self.gone_nodes.add(candidate)
                     continue
-                self.suspect_nodes.discard(candidate)  # only its actor died
+                # (alive: only its actor died)
             node_id = candidate
             break
         else:
@@ -390,8 +403,8 @@ class RayPool(CallQueue):
         if worker.info is None and worker.info_ref in done:
             try:
                 worker.info = self.ray.get(worker.info_ref)
-            except errors.RayError:
-                self._lost(worker)
+            except errors.RayError as exc:
+                self._lost(worker, unplaceable=_unplaceable(exc))
                 return
         while worker.calls and worker.calls[0][1] in done:
             call, ref = worker.calls[0]
@@ -409,19 +422,21 @@ class RayPool(CallQueue):
             if call.callback is not None:
                 call.callback(value)
 
-    def _lost(self, worker: _Actor) -> None:
+    def _lost(self, worker: _Actor, unplaceable: bool = False) -> None:
         """An actor died: hand its calls back (a new actor is started when there is work for
         it). The first call was running, unless the actor never started (then none was: it is
-        no call's fault)."""
+        no call's fault). unplaceable: Ray could not place it on its node because the node is
+        gone; that node takes no more actors, and it is not a start failure (_start_actor stops
+        the copy when no approved node is left)."""
         self.workers.remove(worker)
         calls = [call for call, _ in worker.calls]
         worker.calls.clear()
         with contextlib.suppress(Exception):
             self.ray.kill(worker.handle, no_restart=True)  # half-dead (unreachable): make sure
         if worker.node_id is not None:
-            self.suspect_nodes.add(worker.node_id)
+            (self.gone_nodes if unplaceable else self.suspect_nodes).add(worker.node_id)
         culprit = calls[0] if calls and worker.info is not None else None
-        if worker.info is None:
+        if worker.info is None and not unplaceable:
             self.start_failures += 1
             if self.start_failures > self.max_start_failures:
                 raise EngineError(f"Ray workers keep dying before they start ({self.start_failures} "
@@ -458,9 +473,9 @@ class RayPool(CallQueue):
                     ready, _ = self.ray.wait([worker.info_ref], timeout=0)
                     if ready:
                         worker.info = self.ray.get(worker.info_ref)
-            pid, start, kernel = worker.info if worker.info is not None else (0, None, None)
-            if kernel is not None and kernel == self.kernel and start is not None:
-                local.append((pid, start))
+            process = self._local_process(worker)
+            if process is not None:
+                local.append(process)
             else:
                 remote.append(worker)
         for worker in remote:
@@ -481,6 +496,28 @@ class RayPool(CallQueue):
         if self.progress_queue is not None:
             self.progress_queue.shutdown()
         return unanswered
+
+    def _local_process(self, worker: _Actor) -> tuple[int, int] | None:
+        """(pid, start time) of the actor's process if this machine can signal it: it answered
+        where() from this kernel and pid namespace."""
+        pid, start, kernel = worker.info if worker.info is not None else (0, None, None)
+        if kernel is not None and kernel == self.kernel and start is not None:
+            return (pid, start)
+        return None
+
+
+def _unplaceable(exc: BaseException) -> bool:
+    """Whether Ray refused to place an actor because the node it is pinned to is gone (or will
+    never fit it), as opposed to the actor dying."""
+    unschedulable = ray_module().exceptions.ActorUnschedulableError
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, unschedulable):
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return False
 
 
 def _signal_all(processes: list[tuple[int, int]], signum: int) -> None:
@@ -509,6 +546,7 @@ class NodeInfo:
     node_id: str
     address: str
     cpus: float
+    port: int = 0  # its raylet's (NodeManagerPort); 0: not known
 
     @property
     def name(self) -> str:
@@ -522,17 +560,46 @@ def usable_nodes(ray: Any) -> list[NodeInfo]:
     for node in ray.nodes():
         cpus = float(node.get("Resources", {}).get("CPU", 0))
         if node.get("Alive") and cpus > 0:
-            found.append(NodeInfo(node["NodeID"], str(node.get("NodeManagerAddress", "?")), cpus))
+            found.append(NodeInfo(node["NodeID"], str(node.get("NodeManagerAddress", "?")), cpus,
+                                  int(node.get("NodeManagerPort") or 0)))
     return sorted(found, key=lambda n: n.node_id)
 
 
-def _live_nodes(ray: Any) -> set[str]:
-    return {n.node_id for n in usable_nodes(ray)}
+def _raylet_answers(node: NodeInfo) -> bool:
+    """Whether the node's raylet accepts a TCP connection. Ray's node table still calls a node
+    whose raylet died alive until the GCS's health checks give up (12-16 s measured here), and
+    an actor pinned to it meanwhile waits that long before it fails. A raylet that is gone
+    refuses at once (its machine up) or does not answer (its machine down)."""
+    if not node.port:
+        return True  # (no port known: trust the node table)
+    try:
+        socket.create_connection((node.address, node.port), timeout=RAYLET_CHECK_S).close()
+    except OSError:
+        return False
+    return True
 
 
-def _node_slots(ray: Any) -> list[str]:
-    """Node ids, each as many times as it has CPUs (at least once), interleaved round-robin."""
+def _gone_raylets(nodes: list[NodeInfo]) -> tuple[set[str], bool]:
+    """The nodes whose raylet does not answer (_raylet_answers, asked of all at once), and
+    whether this machine can tell at all: when none answers (a driver that cannot reach the
+    nodes' raylets, e.g. through Ray Client), none is called gone and Ray's node table is
+    trusted instead."""
+    if not nodes:
+        return set(), False
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(nodes))) as threads:
+        answers = list(threads.map(_raylet_answers, nodes))
+    if not any(answers):
+        return set(), False
+    return {n.node_id for n, answered in zip(nodes, answers, strict=True) if not answered}, True
+
+
+def _node_slots(ray: Any) -> tuple[list[str], bool]:
+    """Node ids, each as many times as it has CPUs (at least once), interleaved round-robin;
+    not those whose raylet is gone by now (_gone_raylets). And whether raylets can be asked
+    from here."""
     nodes = [n for n in usable_nodes(ray) if _checked_nodes is None or n.node_id in _checked_nodes]
+    gone, can_tell = _gone_raylets(nodes)
+    nodes = [n for n in nodes if n.node_id not in gone]
     counts = {n.node_id: max(1, int(n.cpus)) for n in nodes}
     slots: list[str] = []
     while any(counts.values()):
@@ -540,7 +607,7 @@ def _node_slots(ray: Any) -> list[str]:
             if left:
                 slots.append(node_id)
                 counts[node_id] = left - 1
-    return slots
+    return slots, can_tell
 
 
 # -- the probe: does every node see SRC and DST? ---------------------------------------------------
@@ -612,8 +679,12 @@ def check_nodes(target: Target, config: Config) -> list[NodeInfo]:
     write = not config.dry_run
     expected = probe_paths(target.src, dst, write)
     task = ray.remote(num_cpus=0, max_retries=0)(probe_paths)
+    # A node that died moments ago is still alive in Ray's node table (until the GCS's health
+    # checks give up: 12-16 s measured), and a probe pinned to it waits that long: a node whose
+    # raylet refuses connections is gone, and takes no workers (not a refusal).
+    gone, _ = _gone_raylets(nodes)
     refs = {task.options(scheduling_strategy=on_node(n.node_id)).remote(target.src, dst, write): n
-            for n in nodes}
+            for n in nodes if n.node_id not in gone}
     ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
     problems: list[str] = []
     for ref in late:
@@ -623,6 +694,10 @@ def check_nodes(target: Target, config: Config) -> list[NodeInfo]:
         node = refs[ref]
         try:
             seen = ray.get(ref)
+        except ray.exceptions.TaskUnschedulableError:
+            # The node died meanwhile (Ray's scheduler knows before its node table does).
+            gone.add(node.node_id)
+            continue
         except ray.exceptions.RayError as exc:
             problems.append(f"pcopy cannot run on node {node.name} (is it installed there?): "
                             f"{_first_line(exc)}")
@@ -633,6 +708,9 @@ def check_nodes(target: Target, config: Config) -> list[NodeInfo]:
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise RefusedError(problems[0] + more)
+    nodes = [n for n in nodes if n.node_id not in gone]
+    if not nodes:
+        raise RefusedError("the Ray cluster has no live node with CPUs to run workers on")
     _checked_nodes = {n.node_id for n in nodes}
     return nodes
 

@@ -7,6 +7,7 @@ the machine; this module only starts and stops its own cluster, in its own tempo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -27,6 +28,7 @@ from treeutil import (
     assert_same_tree,
     build_sample_tree,
     compare,
+    is_temp_name,
     snapshot,
     stamp_times,
     temp_leftovers,
@@ -56,6 +58,7 @@ class RayCluster:
     hidden: Path  # what the second node's probe cannot see (raypool.PROBE_HIDE_ENV)
     hiding_node: str  # that node's id
     base: Path
+    nodes: Any  # the ray.cluster_utils.Cluster: tests may add (and remove) nodes of their own
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -85,7 +88,7 @@ def cluster() -> Iterator[RayCluster]:
         second = nodes.add_node(num_cpus=1, object_store_memory=small_store,
                                 env_vars={raypool.PROBE_HIDE_ENV: str(hidden)})
         ray.init(address=nodes.address, log_to_driver=False, logging_level=logging.ERROR)
-        yield RayCluster(nodes.address, hidden, second.node_id, base)
+        yield RayCluster(nodes.address, hidden, second.node_id, base, nodes)
     finally:
         ray.shutdown()
         nodes.shutdown()
@@ -97,17 +100,25 @@ def cluster() -> Iterator[RayCluster]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def ray_workers() -> list[int]:
-    """Pids of pcopy's Ray actors on this machine (Ray titles them ray::<class name>)."""
+def ray_workers(marker: str | None = None) -> list[int]:
+    """Pids of pcopy's Ray actors on this machine (Ray titles them ray::<class name>) that
+    belong to this module's cluster: their environment (inherited from its raylets) names its
+    RAY_TMPDIR (and holds marker, "NAME=VALUE", when given: a node's env_vars). Other sessions'
+    Ray clusters on the same machine are not this test's."""
     found = []
+    mine = b"RAY_TMPDIR=" + os.environ.get("RAY_TMPDIR", "").encode()
+    wanted = marker.encode() if marker is not None else mine
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if not cmdline.startswith(b"ray::" + raypool.WORKER_CLASS_NAME.encode()):
+                continue
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmdline.startswith(b"ray::" + raypool.WORKER_CLASS_NAME.encode()):
+        if mine in environ and wanted in environ:
             found.append(int(pid))
     return found
 
@@ -187,12 +198,12 @@ def spy_pool(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return seen
 
 
-def start_cli(cluster: RayCluster, src: Path, dst: Path, *args: str) -> subprocess.Popen[bytes]:
+def start_cli(cluster: RayCluster, src: Path, dst: Path, *args: str, jobs: int = 2) -> subprocess.Popen[bytes]:
     """pcopy as a driver of its own on the module's cluster, slow enough (a 1 KiB read/write
     loop) that large files are in flight when the test acts."""
     return subprocess.Popen(
         [sys.executable, "-m", "pcopy", str(src), str(dst), "--engine", "ray", "--ray-address",
-         cluster.address, "-j", "2", "--no-progress", "--buffer-size", "1024", *args],
+         cluster.address, "-j", str(jobs), "--no-progress", "--buffer-size", "1024", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cluster.env())
 
 
@@ -283,6 +294,57 @@ def test_worker_sigkilled_mid_copy_gives_a_complete_copy(cluster: RayCluster, sl
     assert_same_tree(slow_src, dst)
 
 
+def writing(pids: list[int], root: Path) -> bool:
+    """Whether one of the processes has a temporary file under root open."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith(str(root) + os.sep) and is_temp_name(os.fsencode(os.path.basename(target))):
+                        return True
+    return False
+
+
+def test_node_lost_mid_copy_gives_a_complete_copy(cluster: RayCluster, tmp_path: Path) -> None:
+    """A third node joins, takes one of the three workers, and goes down while that worker
+    writes, as a machine does: its raylet SIGKILLed, then its workers. Ray's node table calls
+    it alive for ~15 s more; the worker's calls are lost and sent again to the nodes left.
+    (Its raylet alone dying, the worker goes on for 1-3 s: benchmarks/ray_node_loss.py.)
+    Files are copied 4 bytes per read/write (~1 s each, idle), so the worker dies mid-file."""
+    src = tmp_path / "src"
+    for i in range(3):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "large.bin").write_bytes(os.urandom(2 * MIB))
+    stamp_times(src)
+    marker = "PCOPY_TEST_NODE=lost"
+    node = cluster.nodes.add_node(num_cpus=1, object_store_memory=80 * MIB,
+                                  env_vars={"PCOPY_TEST_NODE": "lost"})
+    dst = tmp_path / "dst"
+    proc = start_cli(cluster, src, dst, "--json", "--buffer-size", "4", jobs=3)
+    try:
+        deadline = time.monotonic() + 30
+        while not (doomed := ray_workers(marker)) or not writing(doomed, dst):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no worker on the third node writing mid-copy"
+            time.sleep(0.01)
+        cluster.nodes.remove_node(node, allow_graceful=False)
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+        if node in cluster.nodes.worker_nodes:
+            cluster.nodes.remove_node(node, allow_graceful=False)
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert (report["failed"], report["files"]) == (0, 3)
+    assert err == b""
+    assert temp_leftovers(dst) == []
+    assert_same_tree(src, dst)
+
+
 def test_sigint_exits_130_without_temporary_files(cluster: RayCluster, slow_src: Path,
                                                   tmp_path: Path) -> None:
     dst = tmp_path / "dst"
@@ -303,6 +365,67 @@ def test_sigint_exits_130_without_temporary_files(cluster: RayCluster, slow_src:
     assert temp_leftovers(dst) == []
     assert_complete_files_only(slow_src, dst)
     assert 0 < final_files(dst) < final_files(slow_src)
+
+
+def dst_state(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every entry under root: (kind and mode, size, mtime): what a writer would change."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(FileNotFoundError):  # (renamed or removed meanwhile)
+                st = os.lstat(path)
+                state[path] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_driver_sigkilled_mid_copy_leaves_nothing_writing(cluster: RayCluster, tmp_path: Path) -> None:
+    """Ray kills the actors of a driver that died. The files in flight are copied one byte per
+    read/write: a surviving actor would keep writing its file for ~15 s, past the 10 s bound."""
+    src = tmp_path / "src"
+    for i in range(2):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "large.bin").write_bytes(os.urandom(8 * MIB))
+    before = set(ray_workers())
+    dst = tmp_path / "dst"
+    proc = start_cli(cluster, src, dst, "--buffer-size", "1")
+    try:
+        deadline = time.monotonic() + 30
+        while not any(os.path.getsize(p) for p in temp_leftovers(dst) if os.path.exists(p)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no file in flight"
+            time.sleep(0.01)
+        job_workers = set(ray_workers()) - before
+        assert job_workers, "no Ray worker of this copy running mid-copy"
+        proc.kill()
+        killed = time.monotonic()
+        proc.wait()
+        # DST must stop changing within 10 s of the kill: a quiet window of 2 s that starts by then.
+        last_change = killed
+        state = dst_state(dst)
+        while time.monotonic() - last_change < 2:
+            time.sleep(0.05)
+            now = dst_state(dst)
+            if now != state:
+                last_change, state = time.monotonic(), now
+            since = time.monotonic() - killed
+            assert since < 12, f"DST still changing {since:.1f} s after the kill"
+        assert last_change - killed < 10
+        assert [pid for pid in job_workers if alive(pid)] == [], "an actor of the killed driver is alive"
+        assert set(ray_workers()) <= before, "an actor of the killed driver was started after it died"
+    finally:
+        stop(proc)
+    # What was in flight stays as a temporary file (the next run removes it); nothing partial
+    # under a final name.
+    finals = [p for p in dst.rglob("*") if p.is_file() and not is_temp_name(p.name.encode())]
+    assert all(p.read_bytes() == (src / p.relative_to(dst)).read_bytes() for p in finals)
 
 
 # -- preconditions --------------------------------------------------------------------------------
@@ -411,6 +534,81 @@ def test_actors_that_never_start_stop_the_copy_with_an_error(cluster: RayCluster
         assert all(calls == [call] for calls, _ in lost)
     finally:
         pool.terminate()
+
+
+GONE_NODE = "ab" * 28  # a node id no node has: Ray refuses to place anything pinned to it
+
+
+def test_a_node_ray_cannot_place_an_actor_on_takes_no_more(cluster: RayCluster) -> None:
+    """Ray refuses an actor pinned to a node that is gone (ActorUnschedulableError): the node
+    is dropped for the rest of the copy, the actor's calls go to a live node, and it counts
+    as no start failure; with no node left, the copy stops with an error."""
+    lost: list[tuple[list[Any], Any]] = []
+
+    def resend(calls: list[Any], culprit: Any) -> None:
+        lost.append((calls, culprit))
+        for call in calls:
+            pool.resubmit(call)
+
+    pool = raypool.RayPool(1, on_lost=resend)
+    try:
+        pool.slots = [GONE_NODE, pool.slots[0]]
+        answers: list[Any] = []
+        call = pool.apply_async(os.getpid, (), callback=answers.append)
+        poll_until(pool, lambda: answers)
+        assert lost == [([call], None)]
+        assert (pool.gone_nodes, pool.start_failures) == ({GONE_NODE}, 0)
+    finally:
+        pool.terminate()
+    pool = raypool.RayPool(1, on_lost=resend)
+    try:
+        pool.slots = [GONE_NODE]
+        pool.apply_async(os.getpid, ())
+        with pytest.raises(raypool.EngineError, match="no Ray node that passed pcopy's probe is alive"):
+            poll_until(pool, lambda: False)
+    finally:
+        pool.terminate()
+
+
+def test_nodes_gone_before_the_probe_take_no_workers(cluster: RayCluster, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's node table calls a node alive for ~15 s after its raylet died. Such a node (its
+    raylet port refuses, or the probe cannot be placed there) is left out, not a refusal."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    listed = raypool.usable_nodes
+
+    def with_dead_nodes(ray: Any) -> list[raypool.NodeInfo]:
+        return [*listed(ray), raypool.NodeInfo(GONE_NODE, "127.0.0.1", 1.0, closed_port),
+                raypool.NodeInfo("cd" * 28, "127.0.0.1", 1.0)]  # (no port known: probed)
+
+    monkeypatch.setattr(raypool, "usable_nodes", with_dead_nodes)
+    seen = spy_pool(monkeypatch)
+    src = tmp_path / "src"
+    for i in range(4):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "f").write_text("x")
+    report = pcopy.copy(src, tmp_path / "dst", engine="ray")
+    assert (report.exit_code, report.files) == (0, 4)
+    assert seen["nodes"] and not seen["nodes"] & {GONE_NODE, "cd" * 28}
+
+
+def test_raylets_this_machine_cannot_reach_are_not_called_gone(cluster: RayCluster, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver that reaches no raylet at all (e.g. through Ray Client, from outside the
+    cluster's network) cannot tell dead nodes that way: it trusts Ray's node table."""
+    monkeypatch.setattr(raypool, "_raylet_answers", lambda node: False)
+    seen = spy_pool(monkeypatch)
+    src = tmp_path / "src"
+    for i in range(4):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "f").write_text("x")
+    report = pcopy.copy(src, tmp_path / "dst", jobs=2, engine="ray")
+    assert (report.exit_code, report.files) == (0, 4)
+    assert len(seen["nodes"]) == 2
 
 
 def test_bwlimit_is_refused_with_the_ray_engine(tmp_path: Path) -> None:
