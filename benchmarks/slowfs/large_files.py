@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 REPO = BENCH.parent
 sys.path.insert(0, str(HERE))
-from slowmount import SlowMount, total_ops, unavailable_reason  # noqa: E402  (sibling script)
+from slowmount import SlowMount, unavailable_reason  # noqa: E402  (sibling script)
 
 WORK = BENCH / "work" / "large"
 DEFAULT_OUT = BENCH / "work" / "large-results"
@@ -134,9 +134,12 @@ class Setup:
         return slow_src, slow_dst, disk_src, disk_dst
 
 
-def command_tools(wl: Workload, pcopy: str, jobs: list[int], chunks: list[int]) -> dict[str, Callable[[Path, Path], list[str]]]:
+ArgvOf = Callable[[Path, Path], list[str]]
+
+
+def command_tools(wl: Workload, pcopy: str, jobs: list[int], chunks: list[int]) -> dict[str, ArgvOf]:
     """name -> argv for copying the workload's directory SRC to DST (a new directory)."""
-    tools: dict[str, Callable[[Path, Path], list[str]]] = {
+    tools: dict[str, ArgvOf] = {
         "cp": lambda s, d: ["cp", "-a", str(s), str(d)],
         "pcopy": lambda s, d: [pcopy, str(s), str(d)],
     }
@@ -244,7 +247,7 @@ def measure(setup: Setup, case: str, tool: str, action: Callable[[Path, Path], s
                int(stats.get("max_in_flight", 0)))
 
 
-def command_action(argv_of: Callable[[Path, Path], list[str]], timeout: float) -> Callable[[Path, Path], str]:
+def command_action(argv_of: ArgvOf, timeout: float) -> Callable[[Path, Path], str]:
     def act(src: Path, dst: Path) -> str:
         return run_command(argv_of(src, dst), timeout)[1]
     return act
