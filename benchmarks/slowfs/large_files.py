@@ -81,6 +81,12 @@ class Workload:
     size: int  # bytes per file
 
 
+def workload_bytes(name: str) -> int:
+    """The bytes of a workload named like "4x64M"."""
+    count, size = name.split("x", 1)
+    return int(count) * parse_size(size)
+
+
 def workloads(size: int, multi: int, multi_size: int) -> list[Workload]:
     out = [Workload(f"1x{human(size)}", ["f0.bin"], size)]
     if multi:
@@ -171,12 +177,15 @@ def run_command(argv: list[str], timeout: float) -> tuple[float, str]:
     return elapsed, ""
 
 
-def threaded_copy(src: Path, dst: Path, threads: int, use_cfr: bool = False) -> None:
+def threaded_copy(src: Path, dst: Path, threads: int, use_cfr: bool = False, sequential: bool = False) -> None:
     """src to dst by `threads` threads of one process, each copying its own contiguous sub-range
     with os.pread/os.pwrite of BLOCK bytes (or os.copy_file_range with offsets, for slow -> slow);
-    dst is created and sized first, as pcopy's runner pre-sizes a split file."""
+    dst is created and sized first, as pcopy's runner pre-sizes a split file. sequential: advise
+    POSIX_FADV_SEQUENTIAL on the source first, as cp does (Linux doubles the readahead window)."""
     size = src.stat().st_size
     sfd = os.open(src, os.O_RDONLY)
+    if sequential:
+        os.posix_fadvise(sfd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.ftruncate(dfd, size)
@@ -253,12 +262,13 @@ def command_action(argv_of: ArgvOf, timeout: float) -> Callable[[Path, Path], st
     return act
 
 
-def threads_action(threads: int, names: list[str], use_cfr: bool) -> Callable[[Path, Path], str]:
+def threads_action(threads: int, names: list[str], use_cfr: bool,
+                   sequential: bool = False) -> Callable[[Path, Path], str]:
     def act(src: Path, dst: Path) -> str:
         try:
             dst.mkdir()
             for name in names:
-                threaded_copy(src / name, dst / name, threads, use_cfr)
+                threaded_copy(src / name, dst / name, threads, use_cfr, sequential)
         except OSError as exc:
             return f"{type(exc).__name__}: {exc}"
         return ""
@@ -269,9 +279,27 @@ def threads_action(threads: int, names: list[str], use_cfr: bool) -> Callable[[P
 # Report
 
 
+CASES = ("local-slow", "slow-local", "slow-slow")
+
+
+def tool_rank(tool: str) -> tuple[int, int, int]:
+    """cp, pcopy, pcopy -j N, pcopy -j N --chunk-size C (by C, then N), N threads (by N)."""
+    words = tool.split()
+    if tool == "cp":
+        return (0, 0, 0)
+    if tool == "pcopy":
+        return (1, 0, 0)
+    if "--chunk-size" in words:
+        return (3, parse_size(words[-1]), int(words[2]))
+    if words[0] == "pcopy":
+        return (2, int(words[2]), 0)
+    return (4, int(words[0]), int(words[-1] == "fadvise"))
+
+
 def summarize(runs: list[Run], size_of: dict[str, int]) -> list[str]:
     groups: dict[tuple[float, str, str, str], list[Run]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r.delay_ms, -size_of[r.workload], r.workload,
+                                         CASES.index(r.case) if r.case in CASES else 9, tool_rank(r.tool))):
         groups.setdefault((r.delay_ms, r.workload, r.case, r.tool), []).append(r)
     lines = ["| delay ms | workload | case | tool | median s | min-max | MB/s | READ | WRITE | GETATTR | "
              "COPY_FILE_RANGE | all | KiB/READ | KiB/WRITE | in flight |",
@@ -310,13 +338,22 @@ def main() -> int:
     p.add_argument("--jobs", default="2,4,8", help="-j values with --chunk-size")
     p.add_argument("--chunks", default="8M,32M", help="--chunk-size values")
     p.add_argument("--threads", default="1,2,4,8,16", help="thread counts of the one-process copy")
+    p.add_argument("--fadvise", default="1,4",
+                   help="thread counts also run with POSIX_FADV_SEQUENTIAL on the source (slow-local)")
     p.add_argument("--tools", default="", help="only tools whose name contains one of these (comma-separated)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--pcopy", default=str(Path(sys.executable).parent / "pcopy"))
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--from", dest="from_json", type=Path, nargs="+", default=None,
+                   help="measure nothing: print the tables of earlier results.json files, merged")
     args = p.parse_args()
+    if args.from_json:
+        runs_in = [Run(**r) for path in args.from_json for r in json.loads(path.read_text())["runs"]]
+        sizes = {r.workload: workload_bytes(r.workload) for r in runs_in}
+        print("\n".join(summarize(runs_in, sizes)))
+        return 0
 
     reason = unavailable_reason()
     if reason:
@@ -328,6 +365,7 @@ def main() -> int:
     jobs = [int(x) for x in args.jobs.split(",")]
     chunks = [parse_size(x) for x in args.chunks.split(",") if x]
     threads = [int(x) for x in args.threads.split(",")]
+    args.fadvise_threads = [int(x) for x in args.fadvise.split(",") if x]
     wls = workloads(parse_size(args.size), 0 if args.no_multi else args.multi, parse_size(args.multi_size))
     size_of = {wl.name: wl.size * len(wl.files) for wl in wls}
     only = [t for t in args.tools.split(",") if t]
@@ -351,6 +389,8 @@ def main() -> int:
                             cfr = case == "slow-slow"
                             label = f"{n} thread{'s' if n > 1 else ''} {'copy_file_range' if cfr else 'pread/pwrite'}"
                             actions[(case, label)] = threads_action(n, wl.files, cfr)
+                            if case == "slow-local" and n in args.fadvise_threads:
+                                actions[(case, f"{label} fadvise")] = threads_action(n, wl.files, cfr, True)
                 if only:
                     actions = {k: v for k, v in actions.items() if any(t in k[1] for t in only)}
                 for rep in range(args.reps):
