@@ -20,7 +20,7 @@ keeps the minimum: preemption on a loaded machine only ever adds time, so the mi
 is near the true cost. probe_kinds() measures each kind, for callers that want to cross-check.
 Measured here (benchmarks/slowfs, a FUSE mount adding a fixed delay per request; 2 shared
 cores): delay 0.2 ms -> 0.25 ms, 1 ms -> 1.05 ms, 5 ms -> 5.07 ms, in 3 calls plus one open of
-the directory; local ext4, tmpfs, /proc: 0.5-0.9 us. Callers pick their own threshold;
+the directory; local ext4, tmpfs, /proc: 0.5-1.2 us. Callers pick their own threshold;
 ROUND_TRIP_S is a conservative one. None when nothing can be measured (a missing or unreadable
 path, no working call).
 """

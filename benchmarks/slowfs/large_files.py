@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import statistics
@@ -355,11 +356,26 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--from", dest="from_json", type=Path, nargs="+", default=None,
                    help="measure nothing: print the tables of earlier results.json files, merged")
+    p.add_argument("--publish", type=Path, default=None, help="with --from: also write them to this markdown file")
     args = p.parse_args()
     if args.from_json:
         runs_in = [Run(**r) for path in args.from_json for r in json.loads(path.read_text())["runs"]]
         sizes = {r.workload: workload_bytes(r.workload) for r in runs_in}
-        print("\n".join(summarize(runs_in, sizes)))
+        table = summarize(runs_in, sizes)
+        print("\n".join(table))
+        if args.publish:
+            head = ["# Large files on the latency mount (benchmarks/slowfs/large_files.py)", "",
+                    "Made with `large_files.py --from` from these runs (command, Linux release, load average "
+                    "at start and end; 2 shared cores):", ""]
+            for path in args.from_json:
+                meta = json.loads(path.read_text())["meta"]
+                argv = shlex.join(["large_files.py", *meta["argv"][1:]])
+                load = f"{meta['loadavg_start'][0]:.1f} -> {meta.get('loadavg_end', ['?'])[0]:.1f}"
+                head.append(f"- `{argv}` (Linux {meta['uname']}, load {load})")
+            head += ["", "Seconds are medians over the runs (min-max); request counts and in-flight are those of "
+                     "the median run; MB/s is file bytes / median seconds. Thread rows run inside the harness "
+                     "(no interpreter start-up); see docs/benchmarks-slow.md, section Large files.", ""]
+            args.publish.write_text("\n".join(head + table) + "\n")
         return 0
 
     reason = unavailable_reason()
