@@ -35,6 +35,12 @@ _HAS_SENDFILE_TO_FILE = hasattr(os, "sendfile") and sys.platform.startswith("lin
 _HAS_SEEK_DATA = hasattr(os, "SEEK_DATA") and hasattr(os, "SEEK_HOLE")
 _HAS_PREADV = hasattr(os, "preadv") and hasattr(os, "pwrite")
 
+# Files larger than this go to a slow destination (a mount where every request is a round trip)
+# in requests of POSITIONAL_BUFFER_BYTES (the FUSE max_write; NFS wsize is 1 MiB too) instead of
+# sendfile's 64 KiB pipe-sized ones: 256 MiB at 1 ms per request, 5.86 s -> 0.61 s
+# (docs/benchmarks-slow.md, "Large files"). Smaller files are one request either way.
+SLOW_DST_MIN_BYTES = 64 * 1024
+
 # Byte ranges of one file copied by several processes go through a buffer this size, which stays
 # in a core's L2 cache between the read and the write (an 8 MiB buffer measured 1.3-3x slower).
 POSITIONAL_BUFFER_BYTES = 1024 * 1024
@@ -141,14 +147,19 @@ def _one_call(src_fd: int, dst_fd: int, offset: int, length: int, devices: tuple
 
 def copy_range(src_fd: int, dst_fd: int, offset: int, length: int | None, *,
                use_fast_paths: bool, buffer_bytes: int, on_bytes: OnBytes,
-               devices: tuple[int, int] | None = None, dst_at_offset: bool = False) -> int:
+               devices: tuple[int, int] | None = None, dst_at_offset: bool = False,
+               slow_dst: bool = False) -> int:
     """Copy [offset, offset+length) of src_fd to the same offsets of dst_fd (length None: to EOF).
 
     Returns the number of bytes copied, which is smaller than length only if src ended early.
     devices, when known, lets a "not supported" answer of copy_file_range be remembered.
     dst_at_offset: dst_fd's file position is already offset (a new file, offset 0), so sendfile
-    needs no lseek first.
+    needs no lseek first. slow_dst: the destination is a round trip per request (see
+    SLOW_DST_MIN_BYTES): copy_file_range for all of it in one call (one request to a server
+    that copies itself), else 1 MiB positional writes, never sendfile.
     """
+    if use_fast_paths and slow_dst and length is not None and length > SLOW_DST_MIN_BYTES:
+        return copy_to_slow(src_fd, dst_fd, offset, length, on_bytes, devices)
     if use_fast_paths and length is not None and 0 < length <= FAST_CALL_BYTES:
         # Most files fit one call: one syscall and no Python loop (a 20,000-file tree spends
         # ~2 us per file less). A short count (the file shrank, a signal) continues the usual way.
@@ -172,6 +183,28 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, length: int | None, *,
             except _GiveUp:
                 pass
     return _copy_loop(src_fd, dst_fd, offset, length, buffer_bytes, on_bytes)
+
+
+def copy_to_slow(src_fd: int, dst_fd: int, offset: int, length: int, on_bytes: OnBytes,
+                 devices: tuple[int, int] | None = None) -> int:
+    """copy_range for a destination where each request is a round trip (see copy_range)."""
+    done = 0
+    if _HAS_COPY_FILE_RANGE and devices not in _NO_COPY_FILE_RANGE:
+        try:
+            while done < length:
+                sent = os.copy_file_range(src_fd, dst_fd, length - done, offset + done, offset + done)
+                if sent == 0:
+                    break
+                done += sent
+                on_bytes(sent)
+        except OSError as exc:
+            if done or exc.errno not in _GIVE_UP_ERRNOS:
+                raise
+            if devices is not None:
+                _NO_COPY_FILE_RANGE.add(devices)
+        if done:
+            return done
+    return copy_positional(src_fd, dst_fd, offset, length, on_bytes)
 
 
 def copy_file_range_works(src_fd: int, dst_fd: int) -> bool:

@@ -43,7 +43,7 @@ class CopyOptions(NamedTuple):
     update_only: bool = False
     replace_existing: bool = True
     dry_run: bool = False
-    record_changes: bool = False  # JobResult.changes lists each copied/replaced destination
+    record_changes: bool = False  # JobResult.changes lists each copied/replaced destination (plain either way)
     plain: bool = True
     # Snapshot backups (docs/backups.md); any of them makes `plain` False.
     dst_root: str = ""  # DST (a tree's root, a single file's directory): relative paths below it
@@ -55,6 +55,10 @@ class CopyOptions(NamedTuple):
     bwlimit_path: str = ""  # the run's shared byte counters (pcopy.bwlimit)
     partial: bool = False
     threads: int = 0  # threads per worker; 0: adapted to the storage (pcopy.threads)
+    # Where SRC/DST are on storage whose every call is a round trip (pcopy.latency, measured at
+    # the start): large files are then written in 1 MiB requests and read by several threads.
+    slow_dst: bool = False
+    read_threads: int = 0  # > 1: a large file from a slow SRC is read by this many threads
 
 
 # CopyOptions.compare values (ints: compared once per file in the workers).

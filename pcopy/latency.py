@@ -31,10 +31,17 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 # Above this, calls are round trips (the fastest LAN round trip is ~50-100 us; a local metadata
 # call on a loaded machine stays below ~20 us at its minimum).
 ROUND_TRIP_S = 50e-6
+
+# Threads reading one large file from slow storage: 8, 16 from 2 ms per round trip (measured up
+# to 16: 256 MiB at 5 ms took 1.34 s with 8, 1.09 s with 16, 6.99 s with one).
+READ_THREADS = 8
+MANY_READ_THREADS = 16
+MANY_THREADS_FROM_S = 2e-3
 
 # Default number of timed calls of each kind, and the time after which sampling a kind stops
 # early (at least one call of each kind is always timed), so a 100 ms mount is not probed for
@@ -124,6 +131,21 @@ def probe_latency(path: str | os.PathLike[str], samples: int = SAMPLES,
     Nothing is written. None when it cannot be measured. See the module docstring."""
     kinds = probe_kinds(path, KINDS, samples, budget_s, first_only=True)
     return next(iter(kinds.values()), None)
+
+
+def storage_options(src: str, dst: str) -> dict[str, Any]:
+    """What a copy from src to dst should know of their storage (CopyOptions.slow_dst and
+    read_threads; docs/benchmarks-slow.md, "Large files"): dst probed at its nearest existing
+    directory. A few microseconds on local file systems, a few round trips on slow ones."""
+    src_s = probe_latency(src)
+    there = os.path.abspath(dst)
+    while not os.path.isdir(there) and os.path.dirname(there) != there:
+        there = os.path.dirname(there)
+    dst_s = probe_latency(there)
+    read_threads = 0
+    if src_s is not None and src_s > ROUND_TRIP_S:
+        read_threads = MANY_READ_THREADS if src_s >= MANY_THREADS_FROM_S else READ_THREADS
+    return {"slow_dst": dst_s is not None and dst_s > ROUND_TRIP_S, "read_threads": read_threads}
 
 
 def is_round_trip_storage(path: str | os.PathLike[str], threshold_s: float = ROUND_TRIP_S) -> bool | None:

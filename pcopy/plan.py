@@ -55,13 +55,13 @@ _COMPARE_CODES = {Compare.QUICK: COMPARE_QUICK, Compare.CHECKSUM: COMPARE_CHECKS
 
 def options_for(config: Config, preserve_owner: bool, preserve_group: bool | None = None, *,
                 dst_root: str = "", link_dest: tuple[str, ...] = (), backup_dir: str = "",
-                bwlimit_path: str = "") -> CopyOptions:
+                bwlimit_path: str = "", slow_dst: bool = False, read_threads: int = 0) -> CopyOptions:
     """The workers' options. link_dest and backup_dir are the resolved (absolute) directories,
     bwlimit_path the run's shared counters (pcopy.backup.prepare, pcopy.bwlimit)."""
     compare = _COMPARE_CODES[config.compare]
     backup = config.backup or config.backup_dir is not None
     plain = (compare == COMPARE_QUICK and not config.update_only and config.replace_existing
-             and not config.dry_run and not config.record_changes and config.preserve_perms
+             and not config.dry_run and config.preserve_perms
              and config.preserve_times and not config.preserve_xattrs and not link_dest
              and not backup and not config.bwlimit_bytes and not config.partial)
     suffix = config.backup_suffix if config.backup_suffix is not None else ("" if backup_dir else "~")
@@ -91,6 +91,8 @@ def options_for(config: Config, preserve_owner: bool, preserve_group: bool | Non
         bwlimit_path=bwlimit_path,
         partial=config.partial,
         threads=config.threads or 0,
+        slow_dst=slow_dst,
+        read_threads=read_threads,
     )
 
 

@@ -54,6 +54,7 @@ from pcopy.jobs import (
     Kind,
     ScanJob,
 )
+from pcopy.latency import storage_options
 from pcopy.metadata import (
     remove_leftovers,
 )
@@ -88,7 +89,7 @@ class CopyRun:
             prepared = prepare_backups(target, config)
             self.report.warnings.extend(prepared.warnings)
             snapshot = {"dst_root": prepared.dst_root, "link_dest": prepared.link_dest,
-                        "backup_dir": prepared.backup_dir}
+                        "backup_dir": prepared.backup_dir, **storage_options(target.src, target.dst)}
         # --bwlimit: the run's shared byte counters (pcopy.bwlimit), removed at the end of run().
         self.bwlimit_path = bwlimit.create(config.bwlimit_bytes) if config.bwlimit_bytes else ""
         self.options: CopyOptions = options_for(config, self.preserve_owner, self.preserve_group,

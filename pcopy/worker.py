@@ -323,12 +323,12 @@ def _link_from_dest(task: EntryTask, options: CopyOptions, state: int, result: J
 def _copy_span(src_fd: int, dst_fd: int, offset: int, length: int | None, options: CopyOptions,
                on_bytes: Callable[[int], None], devices: tuple[int, int] | None = None,
                dst_at_offset: bool = False, use_fast_paths: bool | None = None) -> int:
-    """copy_range, in slices paced by the run's shared budget when --bwlimit is set."""
+    """copy_range (or, from a slow SRC, read_in_threads), in slices paced by the run's shared
+    budget when --bwlimit is set."""
     fast = options.use_fast_paths if use_fast_paths is None else use_fast_paths
     if not options.bwlimit_bytes or length is None:
-        return copy_range(src_fd, dst_fd, offset, length, use_fast_paths=fast,
-                          buffer_bytes=options.buffer_bytes, on_bytes=on_bytes, devices=devices,
-                          dst_at_offset=dst_at_offset)
+        return copy_bytes(src_fd, dst_fd, offset, length, fast, options.buffer_bytes, on_bytes, devices,
+                          dst_at_offset, options.slow_dst, options.read_threads)
     throttle = bwlimit.attach(options.bwlimit_path)
     done = 0
     while done < length:
@@ -341,6 +341,49 @@ def _copy_span(src_fd: int, dst_fd: int, offset: int, length: int | None, option
         if got < want:
             break  # the source ended early: the caller's checks decide
     return done
+
+
+# A file from a slow SRC (a round trip per request) is read by several threads from this size:
+# reads of one file at different offsets overlap where each stream is bound by the read-ahead
+# window per round trip (128 KiB on FUSE). 256 MiB at 5 ms per request: 6.99 s with one
+# stream, 1.79 / 1.34 / 1.09 s with 4 / 8 / 16 threads; 16 MiB at 1 ms: 0.12 -> 0.05 s.
+READ_SPLIT_MIN_BYTES = 4 * 1024 * 1024
+READ_PART_MIN_BYTES = 2 * 1024 * 1024  # no thread gets less
+FADVISE_MIN_BYTES = 128 * 1024  # from here a slow SRC is read with a doubled read-ahead window
+_FADVISE = getattr(os, "posix_fadvise", None)
+
+
+def copy_bytes(src_fd: int, dst_fd: int, offset: int, length: int | None, fast: bool, buffer_bytes: int,
+               on_bytes: Callable[[int], None], devices: tuple[int, int] | None, dst_at_offset: bool,
+               slow_dst: bool, read_threads: int) -> int:
+    """copy_range with what the storage calls for (CopyOptions.slow_dst, read_threads)."""
+    if read_threads > 1 and fast and length is not None and length > FADVISE_MIN_BYTES:
+        if _FADVISE is not None:
+            with contextlib.suppress(OSError):  # (as cp does: the kernel reads further ahead)
+                _FADVISE(src_fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
+        if length >= READ_SPLIT_MIN_BYTES:
+            return read_in_threads(src_fd, dst_fd, offset, length, read_threads, on_bytes)
+    return copy_range(src_fd, dst_fd, offset, length, use_fast_paths=fast, buffer_bytes=buffer_bytes,
+                      on_bytes=on_bytes, devices=devices, dst_at_offset=dst_at_offset, slow_dst=slow_dst)
+
+
+def read_in_threads(src_fd: int, dst_fd: int, offset: int, length: int, most: int,
+                    on_bytes: Callable[[int], None]) -> int:
+    """[offset, offset+length) as up to `most` contiguous parts, each copied by its own thread
+    with 1 MiB positional reads and writes (threads leave as a stopping job's do: on_bytes
+    raises). Returns the bytes copied (fewer only if SRC ended early: the caller checks)."""
+    parts = max(1, min(most, length // READ_PART_MIN_BYTES))
+    step = -(-length // parts)
+    spans = [(start, min(step, offset + length - start)) for start in range(offset, offset + length, step)]
+    if os.fstat(dst_fd).st_size < offset + length:
+        os.ftruncate(dst_fd, offset + length)  # sized first: no part waits for another's end
+
+    def copy(span: tuple[int, int], part: JobResult) -> None:
+        part.bytes += copy_positional(src_fd, dst_fd, span[0], span[1], on_bytes)
+
+    counted = JobResult(0)
+    threads.each(spans, copy, counted, len(spans))
+    return counted.bytes
 
 
 def _copy_resumable(task: EntryTask, options: CopyOptions, on_bytes: Callable[[int], None],
@@ -573,7 +616,7 @@ class _Lean:
     about a third of a 20,000-file copy's CPU. Anything else takes the general path."""
 
     __slots__ = ("buffer_bytes", "check_dst", "devices_dst", "euid", "group", "hand_back_links", "new_gid",
-                 "odd_bits", "owner", "split_bytes", "src_flags")
+                 "odd_bits", "owner", "read_threads", "slow_dst", "split_bytes", "src_flags")
 
     def __init__(self, job: DirJob, dst_dir: DstDir) -> None:
         options = job.options
@@ -587,6 +630,8 @@ class _Lean:
         self.new_gid = dst_dir.new_file_gid
         self.devices_dst = dst_dir.dev
         self.buffer_bytes = options.buffer_bytes
+        self.slow_dst = options.slow_dst
+        self.read_threads = options.read_threads
         self.src_flags = os.O_RDONLY | O_BINARY | O_CLOEXEC | (0 if options.dereference else O_NOFOLLOW)
 
     @classmethod
@@ -633,9 +678,9 @@ class _Lean:
                 try:
                     try:
                         step = STEP_COPY
-                        copied = copy_range(src_fd, dst_fd, 0, size, use_fast_paths=True,
-                                            buffer_bytes=self.buffer_bytes, on_bytes=on_bytes,
-                                            devices=(st.st_dev, self.devices_dst), dst_at_offset=True)
+                        copied = copy_bytes(src_fd, dst_fd, 0, size, True, self.buffer_bytes, on_bytes,
+                                            (st.st_dev, self.devices_dst), True, self.slow_dst,
+                                            self.read_threads)
                         step = STEP_CHECK
                         _check_unchanged(src_fd, size, st.st_mtime_ns, copied, sparse=False)
                         step = STEP_METADATA

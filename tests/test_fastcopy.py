@@ -224,3 +224,66 @@ def test_without_a_chunk_size_a_large_file_is_one_stream(tmp_path: Path, monkeyp
     assert report.failures == [] and report.files == 1 and report.bytes == len(data)
     assert (tmp_path / "dst" / "big").read_bytes() == data
     assert ranges == []  # no byte ranges: the file went to a worker whole
+
+
+def test_to_a_slow_destination_copy_file_range_takes_it_all_in_one_call(
+        fds: tuple[int, int, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    s, d, dst = fds
+    calls: list[int] = []
+    real = getattr(os, "copy_file_range", None)
+    if real is None:
+        pytest.skip("no copy_file_range here")
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(a[2]) or real(*a))
+    got: list[int] = []
+    assert copy_range(s, d, 0, len(DATA), use_fast_paths=True, buffer_bytes=4096, on_bytes=got.append,
+                      slow_dst=True) == len(DATA)
+    assert dst.read_bytes() == DATA and sum(got) == len(DATA)
+    assert calls[0] == len(DATA)  # one request for the whole file (a server-side copy)
+
+
+def test_to_a_slow_destination_writes_go_in_1_mib_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 12345)
+    (tmp_path / "src").write_bytes(data)
+    monkeypatch.setattr(os, "copy_file_range", _fail_with(errno.EXDEV))  # (another file system)
+    monkeypatch.setattr(os, "sendfile", _fail_with(errno.EINVAL))  # must not be used: 64 KiB writes
+    writes: list[int] = []
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, buf, off: writes.append(len(buf)) or real_pwrite(fd, buf, off))
+    s = os.open(tmp_path / "src", os.O_RDONLY)
+    d = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert copy_range(s, d, 0, len(data), use_fast_paths=True, buffer_bytes=4096, on_bytes=lambda n: None,
+                          slow_dst=True) == len(data)
+    finally:
+        os.close(s)
+        os.close(d)
+    assert (tmp_path / "dst").read_bytes() == data
+    assert writes == [1 << 20] * 3 + [12345]
+
+
+@pytest.mark.parametrize("size", [4 << 20, (9 << 20) + 7])
+def test_reading_from_slow_storage_in_threads_puts_every_part_in_place(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "src").write_bytes(data)
+    s = os.open(tmp_path / "src", os.O_RDONLY)
+    d = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
+    seen: list[int] = []
+    try:
+        assert pcopy.worker.read_in_threads(s, d, 0, size, 8, seen.append) == size
+    finally:
+        os.close(s)
+        os.close(d)
+    assert (tmp_path / "dst").read_bytes() == data
+    assert sum(seen) == size
+
+
+def test_reading_in_threads_counts_a_source_that_shrank(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(os.urandom(6 << 20))
+    s = os.open(tmp_path / "src", os.O_RDONLY)
+    d = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.truncate(tmp_path / "src", 5 << 20)  # after the stat the caller saw 6 MiB
+        assert pcopy.worker.read_in_threads(s, d, 0, 6 << 20, 3, lambda n: None) == 5 << 20
+    finally:
+        os.close(s)
+        os.close(d)
