@@ -252,3 +252,26 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@contextlib.contextmanager
+def slowfs(factory: pytest.TempPathFactory, name: str, delay_ms: float) -> Iterator[Any]:
+    """benchmarks/slowfs mounted (a FUSE pass-through adding delay_ms to every request) for the
+    block, under a fresh temporary directory; skips where FUSE cannot be used (setup.sh installs
+    what it needs). Yields its slowmount.SlowMount."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "slowfs"))
+    from slowmount import SlowfsUnavailable, SlowMount, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"FUSE not usable here: {reason}")
+    base = factory.mktemp(name)
+    slow = SlowMount(base / "backing", base / "mnt", delay_ms=delay_ms)
+    try:
+        slow.start()
+    except SlowfsUnavailable as exc:
+        pytest.skip(f"FUSE mount not possible here: {exc}")
+    try:
+        yield slow
+    finally:
+        slow.stop()

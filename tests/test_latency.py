@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import slowfs
 
 from pcopy import latency
 from pcopy.latency import ROUND_TRIP_S, is_round_trip_storage, probe_kinds, probe_latency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "slowfs"))
-from slowmount import SlowfsUnavailable, SlowMount, unavailable_reason
+from slowmount import SlowMount
 
 # Far above a local call (about a microsecond) and above scheduling noise on a busy machine, small
 # enough that the module stays well under a second.
@@ -107,19 +108,8 @@ def test_budget_stops_sampling_early() -> None:
 
 @pytest.fixture(scope="module")
 def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowMount]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"FUSE not usable here: {reason}")
-    base = tmp_path_factory.mktemp("slowfs-latency")
-    slow = SlowMount(base / "backing", base / "mnt", delay_ms=DELAY_MS)
-    try:
-        slow.start()
-    except SlowfsUnavailable as exc:
-        pytest.skip(f"FUSE mount not possible here: {exc}")
-    try:
+    with slowfs(tmp_path_factory, "slowfs-latency", DELAY_MS) as slow:
         yield slow
-    finally:
-        slow.stop()
 
 
 def test_slow_mount_measures_its_delay_and_writes_nothing(mount: SlowMount) -> None:

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import slowfs
 
 from pcopy.latency import storage_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "slowfs"))
-from slowmount import SlowfsUnavailable, SlowMount, total_ops, unavailable_reason
+from slowmount import SlowMount, total_ops
 from treeutil import assert_same_tree, snapshot, temp_leftovers
 
 DELAY_MS = 2.0
@@ -28,19 +29,8 @@ BIG = 6 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowMount]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"FUSE not usable here: {reason}")
-    base = tmp_path_factory.mktemp("slow-storage")
-    slow = SlowMount(base / "backing", base / "mnt", delay_ms=DELAY_MS)
-    try:
-        slow.start()
-    except SlowfsUnavailable as exc:
-        pytest.skip(f"FUSE mount not possible here: {exc}")
-    try:
+    with slowfs(tmp_path_factory, "slow-storage", DELAY_MS) as slow:
         yield slow
-    finally:
-        slow.stop()
 
 
 @pytest.fixture(scope="module")

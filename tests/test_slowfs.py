@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import slowfs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks" / "slowfs"))
-from slowmount import SlowfsUnavailable, SlowMount, total_ops, unavailable_reason
+from slowmount import SlowMount, total_ops
 
 # Large enough that scheduling noise on a busy 2-core machine (thread start, a few ms) is small
 # beside it, small enough that the whole module stays around a second.
@@ -24,20 +25,9 @@ DELAY_MS = 30.0
 
 @pytest.fixture(scope="module")
 def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlowMount]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"FUSE not usable here: {reason}")
-    base = tmp_path_factory.mktemp("slowfs")
-    slow = SlowMount(base / "backing", base / "mnt", delay_ms=DELAY_MS)
-    try:
-        slow.start()
-    except SlowfsUnavailable as exc:
-        pytest.skip(f"FUSE mount not possible here: {exc}")
-    try:
+    with slowfs(tmp_path_factory, "slowfs", DELAY_MS) as slow:
         yield slow
-    finally:
-        slow.stop()
-    assert not os.path.ismount(base / "mnt")
+    assert not os.path.ismount(slow.mountpoint)
 
 
 def test_written_file_lands_in_backing_byte_identical(mount: SlowMount) -> None:
