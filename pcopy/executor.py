@@ -147,6 +147,14 @@ class Executor:
             return
         self._apply(job)
 
+    def has_room(self) -> bool:
+        """Whether submit would send a job at once (not wait for a result first)."""
+        return self.pool is None or len(self.pending) < self.max_in_flight
+
+    def run_here(self, job: Job) -> None:
+        """Run job in this process now, whatever the pool (pcopy's own work: a listing)."""
+        self._run_inline(job)
+
     def _run_inline(self, job: Job) -> None:
         try:
             result = run_job(job, self.inline_progress if self.want_progress else None)

@@ -39,41 +39,34 @@ def temp_path(dst: str, shown: str | None = None) -> str:
 
     Runs once per file: string formatting and random.getrandbits (reseeded in every forked
     worker by the random module) instead of os.path and secrets, which cost several times more.
-    The name is noted for the calling thread's entry (begin_entry) before anything has it.
+    The name is noted for the calling thread (_made) before anything has it. With shown, dst is
+    a bare name (relative to an open directory) and so is the name returned.
     """
     full = shown if shown is not None else dst
-    sep = _last_sep(full)
+    sep = max(full.rfind(os.sep), full.rfind(os.altsep)) if os.altsep else full.rfind(os.sep)
     head, name = full[: sep + 1], full[sep + 1:]
-    suffix = f"{TEMP_MARKER}{random.getrandbits(32):08x}"
     if len(name) > _SHORT_NAME_CHARS:
         raw = os.fsencode(name)[: NAME_MAX_BYTES - _TEMP_SUFFIX_BYTES]
         name = os.fsdecode(raw)
-    path = f"{head}.{name}{suffix}"
-    made = _made.get(get_ident())
-    if made is not None:
-        made.append(path)
-    return path if shown is None else f"{dst[: _last_sep(dst) + 1]}.{name}{suffix}"
-
-
-def _last_sep(path: str) -> int:
-    return max(path.rfind(os.sep), path.rfind(os.altsep)) if os.altsep else path.rfind(os.sep)
-
-
-# Temporary names each worker thread made for the entry it is copying (begin_entry starts the
-# list again): a worker told to stop removes them, including one whose creation was interrupted
-# after the file existed but before its name reached the caller (a signal, or the exception
-# pcopy.threads raises in a job's other threads, is raised as the system call returns).
-_made: dict[int, list[str]] = {}
-
-
-def begin_entry() -> None:
-    """This thread starts copying a new entry: forget the previous one's temporary names (it
-    renamed or removed them)."""
+    temp = f".{name}{TEMP_MARKER}{random.getrandbits(32):08x}"
+    path = head + temp
     made = _made.get(get_ident())
     if made is None:
-        _made[get_ident()] = []
-    elif made:
-        made.clear()
+        _made[get_ident()] = [path]
+    else:
+        made.append(path)
+        if len(made) > _MADE_KEPT:
+            del made[0]
+    return path if shown is None else temp
+
+
+# The last temporary names each thread made: a worker told to stop removes them, including one
+# whose creation was interrupted after the file existed but before its name reached the caller
+# (a signal is raised as the system call returns). An entry makes at most three (its file, a
+# backup's link, a --link-dest link); older names were renamed or removed long ago, and
+# unlinking them fails harmlessly.
+_MADE_KEPT = 4
+_made: dict[int, list[str]] = {}
 
 
 def remove_made_temps() -> None:

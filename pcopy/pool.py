@@ -205,6 +205,8 @@ class WorkerPool(CallQueue):
         if not ready:
             return
         for worker in list(self.workers):
+            if worker not in self.workers:
+                continue  # lost meanwhile: a callback's resubmit found it dead (its process closed)
             exited = worker.process.sentinel in ready
             if exited or worker.results in ready:
                 self._read(worker)  # what a dead worker sent before it died still counts

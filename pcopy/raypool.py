@@ -433,6 +433,13 @@ class RayPool(CallQueue):
         worker.calls.clear()
         with contextlib.suppress(Exception):
             self.ray.kill(worker.handle, no_restart=True)  # half-dead (unreachable): make sure
+        if worker.info is None and not unplaceable and worker.node_id is not None:
+            # Never started: Ray does not always say that its node was gone (an actor pinned to
+            # a dead node can also come back as a plain death). Ask: a node that is gone is
+            # not a start failure of pcopy's workers.
+            live = {n.node_id: n for n in usable_nodes(self.ray)}
+            node = live.get(worker.node_id)
+            unplaceable = node is None or (self.ask_raylets and not _raylet_answers(node))
         if worker.node_id is not None:
             (self.gone_nodes if unplaceable else self.suspect_nodes).add(worker.node_id)
         culprit = calls[0] if calls and worker.info is not None else None

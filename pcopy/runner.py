@@ -116,6 +116,11 @@ class CopyRun:
         self.splits = SplitFiles(config, self.options, self.report, progress, self.temps, self.executor.submit,
                                  self.planner.next_id, self.planner.split_bytes, owner)
         self.hard_links = HardLinks(config, self.options, self.report, progress, self.temps)
+        # Where directories are listed: here when SRC and DST answer from memory and the engine
+        # is local; by the workers (ScanJobs) on slow or network storage, and on Ray (where
+        # every node must see the tree: the listing is spread like the copy).
+        self.walk_here = (config.engine == "local" and not self.options.slow_dst
+                          and not self.options.read_threads and config.jobs > 1)
 
     # -- driving --------------------------------------------------------------------------------
     def run(self, feed: Callable[[], None]) -> CopyReport:
@@ -171,7 +176,14 @@ class CopyRun:
         work for every worker), unless DIR_JOBS_AHEAD chunks of names already wait (the walk
         may run ahead of the copy, by that much memory)."""
         while True:
-            if self.scans and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
+            if self.walk_here and self.scans and (not self.dir_jobs or not self.executor.has_room()):
+                # Local storage: the parent lists (a page cache answers in microseconds, and a
+                # job per directory would cost more than the listing), handing every name to
+                # the workers, and lists on while they are busy: the walk of the old design.
+                scan = self.scans.popleft()
+                self.scans_out[scan.job_id] = scan
+                self.executor.run_here(scan._replace(copy_names=False))
+            elif self.scans and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
                 scans = [self.scans.popleft() for _ in range(self.group_size(len(self.scans)))]
                 for scan in scans:
                     self.scans_out[scan.job_id] = scan  # (before submit: -j 1 runs it right here)

@@ -190,28 +190,33 @@ def grouped(share: int) -> None:
 def each(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobResult,
          threads: int | None = None, measure: Concurrency | None = None, kind: str = "copy") -> None:
     """work(item, result) for every item, on up to `threads` threads (None: the job's share of
-    the limit, job_threads). With measure, the items go in windows of twice the limit, each
-    counted towards the next limit as a phase of this kind, and the next window uses it: a
-    worker that starts at one thread on slow storage is at 64 after ~40 entries, not jobs."""
+    the limit, job_threads). With measure, the items go in windows, each counted towards the
+    next limit as a phase of this kind, and the next window uses it: a worker that starts at
+    one thread on slow storage is at 64 after ~40 entries, not after whole jobs. On one thread
+    a window lasts MIN_WINDOW_S (a page cache: hundreds of files, a clock read per file);
+    on several, twice the limit in entries."""
     n = len(items)
     done = 0
     while done < n:
         limit = job_threads() if threads is None else threads
-        end = n
-        if measure is not None:
-            size = max(MIN_ITEMS, 2 * limit)
-            if n - done >= 2 * size:
-                end = done + size
-        chunk = items[done:end]
-        used = min(limit, len(chunk))
-        start, cpu = (time.perf_counter(), time.process_time()) if measure is not None else (0.0, 0.0)
-        if used <= 1:
-            for item in chunk:
-                work(item, result)
+        start = time.perf_counter()
+        cpu = time.process_time() if measure is not None else 0.0
+        if limit <= 1 or n - done < 2:
+            end = done
+            while end < n:
+                work(items[end], result)
+                end += 1
+                if (measure is not None and end - done >= MIN_ITEMS
+                        and time.perf_counter() - start >= MIN_WINDOW_S):
+                    break
+            used = 1
         else:
-            _in_threads(chunk, work, result, used)
+            size = max(MIN_ITEMS, 2 * limit)
+            end = done + size if measure is not None and n - done >= 2 * size else n
+            used = min(limit, end - done)
+            _in_threads(items[done:end], work, result, used)
         if measure is not None:
-            measure.observe(kind, len(chunk), time.perf_counter() - start, time.process_time() - cpu, used, start)
+            measure.observe(kind, end - done, time.perf_counter() - start, time.process_time() - cpu, used, start)
         done = end
 
 

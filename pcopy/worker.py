@@ -57,7 +57,6 @@ from pcopy.metadata import (
     O_NOFOLLOW,
     UTIME_FD,
     apply_metadata,
-    begin_entry,
     copy_xattrs,
     create_temp,
     current_umask,
@@ -252,8 +251,8 @@ def _on_bytes(progress: _Progress | None, limit: int | None) -> Callable[[int], 
     """What a job's copies call as bytes move: the progress count and, with threads, the check
     that lets a stopping job's other threads leave mid-file (threads.check_stop)."""
     count: Callable[[int], None] = progress.add_bytes if progress else _ignore
-    if limit == 1:
-        return count
+    if limit == 1 or (limit is None and threads.job_threads() == 1):
+        return count  # one thread (a page cache): nothing to check, not a call more per file
 
     def checked(nbytes: int) -> None:
         threads.check_stop(nbytes)
@@ -272,7 +271,6 @@ def _threads(options: CopyOptions) -> int | None:
 def _copy_one(task: EntryTask, options: CopyOptions, dst_dir: DstDir | None, result: JobResult,
               on_bytes: Callable[[int], None]) -> None:
     step = STEP_COMPARE
-    begin_entry()
     try:
         # Default options: one attribute test, then the quick check exactly as before.
         state = judge_task(task, options)
@@ -658,7 +656,6 @@ class _Lean:
         job's directories are open (fds), every call names the file relative to them."""
         size = st.st_size
         step = STEP_COMPARE  # what a failure was doing (a local: free on the way)
-        begin_entry()
         src_at, dst_at = (name, name) if fds.dst is not None else (src, dst)
         try:
             replacing = False
@@ -678,9 +675,14 @@ class _Lean:
                 try:
                     try:
                         step = STEP_COPY
-                        copied = copy_bytes(src_fd, dst_fd, 0, size, True, self.buffer_bytes, on_bytes,
-                                            (st.st_dev, self.devices_dst), True, self.slow_dst,
-                                            self.read_threads)
+                        copied = (copy_range(src_fd, dst_fd, 0, size, use_fast_paths=True,
+                                             buffer_bytes=self.buffer_bytes, on_bytes=on_bytes,
+                                             devices=(st.st_dev, self.devices_dst), dst_at_offset=True,
+                                             slow_dst=self.slow_dst)
+                                  if self.read_threads <= 1 else
+                                  copy_bytes(src_fd, dst_fd, 0, size, True, self.buffer_bytes, on_bytes,
+                                             (st.st_dev, self.devices_dst), True, self.slow_dst,
+                                             self.read_threads))
                         step = STEP_CHECK
                         _check_unchanged(src_fd, size, st.st_mtime_ns, copied, sparse=False)
                         step = STEP_METADATA
