@@ -176,14 +176,15 @@ class CopyRun:
         work for every worker), unless DIR_JOBS_AHEAD chunks of names already wait (the walk
         may run ahead of the copy, by that much memory)."""
         while True:
-            if self.walk_here and self.scans and (not self.dir_jobs or not self.executor.has_room()):
+            if (self.walk_here and self.scans and len(self.dir_jobs) < DIR_JOBS_AHEAD
+                    and (not self.dir_jobs or not self.executor.has_room())):
                 # Local storage: the parent lists (a page cache answers in microseconds, and a
                 # job per directory would cost more than the listing), handing every name to
                 # the workers, and lists on while they are busy: the walk of the old design.
                 scan = self.scans.popleft()
                 self.scans_out[scan.job_id] = scan
                 self.executor.run_here(scan._replace(copy_names=False))
-            elif self.scans and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
+            elif self.scans and not self.walk_here and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
                 scans = [self.scans.popleft() for _ in range(self.group_size(len(self.scans)))]
                 for scan in scans:
                     self.scans_out[scan.job_id] = scan  # (before submit: -j 1 runs it right here)
