@@ -82,6 +82,7 @@ def copy(
         filter_set = FilterSet.from_options(filters)
     config = Config(
         jobs=jobs if jobs is not None else default_jobs(),
+        jobs_auto=jobs is None,
         chunk_bytes=chunk_size,
         threads=threads,
         method=Method(method),

@@ -131,7 +131,8 @@ def copy_command(
                                        show_default=False)],
     jobs: Annotated[Optional[int], typer.Option(
         "-j", "--jobs", min=1, show_default=False,
-        help="Worker processes (default: CPUs available to pcopy): at most this many, and "
+        help="Worker processes (default: CPUs available to pcopy; 4 per CPU when SRC or DST is "
+             "network or FUSE storage, where every request is a round trip): at most this many, and "
              "never more than 4 per CPU; a worker starts only when every running one is busy, "
              "and a tree too small to pay for a pool is copied by pcopy itself.")] = None,
     chunk_size: Annotated[Optional[str], typer.Option(
@@ -308,6 +309,7 @@ def copy_command(
     config = Config(
         # (-j with --engine ray counts the cluster's workers: this machine's CPUs do not bound it)
         jobs=(jobs if engine is Engine.RAY else min(jobs, MAX_JOBS_PER_CPU * cpus)) if jobs is not None else cpus,
+        jobs_auto=jobs is None,
         chunk_bytes=_size(chunk_size, "--chunk-size") if chunk_size is not None else None,
         threads=threads,
         method=Method.READWRITE if buffer_size is not None else method,

@@ -63,6 +63,14 @@ class Engine(str, Enum):
     RAY = "ray"  # actors on a Ray cluster (raypool.RayPool); needs `pip install 'pcopy[ray]'`
 
 
+# Worker processes per CPU when -j is not given and SRC or DST is slow storage (a round trip per
+# request, pcopy.latency): each worker also grows threads, but creates and renames in one
+# directory queue on its lock, and more processes spread the work over more directories at once.
+# Measured on slowfs at 1 ms, 1,000 files in 10 directories, 2 CPUs: -j 2 4.56 s, -j 8 1.46 s,
+# -j 16 2.21 s, -j 64 2.06 s (local -> slow; slow -> local 1.41 / 0.54 / 0.84 / 0.86 s).
+SLOW_JOBS_PER_CPU = 4
+
+
 def default_jobs() -> int:
     """CPUs available to this process (affinity-aware where the OS tells)."""
     try:
@@ -78,6 +86,8 @@ class Config:
     jobs: int = field(default_factory=default_jobs)
     chunk_bytes: int | None = DEFAULT_CHUNK_BYTES  # None: never split a file
     threads: int | None = None  # per worker; None: as many as the storage rewards (pcopy.threads)
+    # jobs is the default (-j not given): on slow storage the run raises it (SLOW_JOBS_PER_CPU).
+    jobs_auto: bool = False
     method: Method = Method.AUTO
     buffer_bytes: int = DEFAULT_BUFFER_BYTES
     dereference: bool = False

@@ -27,6 +27,7 @@ that stopped mid-job, and CopyInterruptedError carries 130/143 up to the caller.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import deque
@@ -37,7 +38,7 @@ from typing import Any
 from pcopy import bwlimit, threads
 from pcopy.backup import mirror_rules
 from pcopy.backup import prepare as prepare_backups
-from pcopy.config import Config
+from pcopy.config import SLOW_JOBS_PER_CPU, Config
 from pcopy.dirs import Directories
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.hardlinks import HardLinks
@@ -78,9 +79,13 @@ class CopyRun:
     def __init__(self, config: Config, progress: ProgressSink, target: Target | None = None) -> None:
         """target (optional) lets the snapshot options (--link-dest, --backup-dir) be resolved
         against DST; it may raise RefusedError (exit 2) before anything is written."""
-        self.config = config
         self.progress = progress
         self.report = CopyReport()
+        storage = storage_options(target.src, target.dst) if target is not None else {}
+        slow = bool(storage) and (storage["slow_dst"] or storage["read_threads"] > 0)
+        if slow and config.jobs_auto and config.engine == "local":
+            config = dataclasses.replace(config, jobs=config.jobs * SLOW_JOBS_PER_CPU)
+        self.config = config
         root = hasattr(os, "geteuid") and os.geteuid() == 0
         self.preserve_owner = root if config.preserve_owner is None else config.preserve_owner
         self.preserve_group = self.preserve_owner if config.preserve_group is None else config.preserve_group
@@ -89,7 +94,7 @@ class CopyRun:
             prepared = prepare_backups(target, config)
             self.report.warnings.extend(prepared.warnings)
             snapshot = {"dst_root": prepared.dst_root, "link_dest": prepared.link_dest,
-                        "backup_dir": prepared.backup_dir, **storage_options(target.src, target.dst)}
+                        "backup_dir": prepared.backup_dir, **storage}
         # --bwlimit: the run's shared byte counters (pcopy.bwlimit), removed at the end of run().
         self.bwlimit_path = bwlimit.create(config.bwlimit_bytes) if config.bwlimit_bytes else ""
         self.options: CopyOptions = options_for(config, self.preserve_owner, self.preserve_group,

@@ -94,3 +94,19 @@ def test_a_tree_goes_to_slow_storage_and_back_with_many_requests_in_flight(
     # few per directory; no directory of an up-to-date tree is listed.
     assert total_ops(rerun) / files < 4.0, str({k: v for k, v in rerun["ops"].items() if v})
     assert rerun["ops"].get("READDIR", 0) == 0, rerun["ops"]
+
+
+def test_default_workers_grow_on_slow_storage_only(mount: SlowMount, src: Path, tmp_path: Path) -> None:
+    """-j not given: SLOW_JOBS_PER_CPU times the CPUs when SRC or DST is slow; a given -j stays."""
+    from pcopy.config import SLOW_JOBS_PER_CPU, Config
+    from pcopy.progress import NullProgress
+    from pcopy.runner import CopyRun
+    from pcopy.target import locate
+
+    auto = Config(jobs=2, jobs_auto=True)
+    slow = CopyRun(auto, NullProgress(), locate(str(src), str(mount.mountpoint / "j")))
+    local = CopyRun(auto, NullProgress(), locate(str(src), str(tmp_path / "j")))
+    given = CopyRun(Config(jobs=2), NullProgress(), locate(str(src), str(mount.mountpoint / "j")))
+    assert (slow.config.jobs, local.config.jobs, given.config.jobs) == (2 * SLOW_JOBS_PER_CPU, 2, 2)
+    for run in (slow, local, given):
+        run.executor.close(terminate=True)
