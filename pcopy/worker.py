@@ -490,7 +490,7 @@ def _run_scan(job: ScanJob, progress: _Progress | None) -> JobResult:
             # What a killed run left here (temporary files; partial ones too, unless this run
             # continues them), before anything of this run is written into it.
             with contextlib.suppress(OSError):
-                remove_leftovers(job.dst_dir, keep_partial=job.options.partial, dir_fd=fds.dst)
+                remove_leftovers(job.dst_dir, keep_partial=job.options.partial)
         result, here = scan_dir(job, fds.dst, fds.src)
         if here is not None:
             result.absorb(_run_dir_open(here, progress, fds))
@@ -529,11 +529,17 @@ _AT_CALLS = (hasattr(os, "O_DIRECTORY") and {os.open, os.stat, os.rename, os.unl
              and os.stat in os.supports_follow_symlinks)
 
 
+# Linux: a directory opened only to name files in it (O_PATH) is not opened on the file system:
+# FUSE and network file systems see no OPENDIR/RELEASEDIR for it (two round trips per directory
+# of a re-run). It is never read: listings go by path.
+_DIR_FLAGS = os.O_DIRECTORY | O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
+
+
 def _open_dir(path: str) -> int | None:
     if not _AT_CALLS:
         return None
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC)
+        return os.open(path, _DIR_FLAGS)
     except OSError:
         return None
 
