@@ -79,27 +79,27 @@ class Directories:
         self.made: list[tuple[str, Entry]] = []  # (dst, entry) in walk order
         self.fresh: set[str] = set()  # rel paths of directories this run created
         self.blocked: set[str] = set()  # rel paths whose destination could not be made
-        self.root_leftovers = False  # (see may_hold_leftovers)
 
-    def make(self, entry: Entry, dst: str, parents: bool = False) -> bool:
+    def make(self, entry: Entry, dst: str, parents: bool = False,
+             look_first: bool = True) -> tuple[bool, os.stat_result | None]:
         """prepare_dir(dst) and record it; a failure is reported (for DST itself, parents=True,
-        it refuses the run: exit 2). False when nothing can go into it."""
+        it refuses the run: exit 2). Returns (whether anything can go into it, the existing
+        directory's stat or None when this run made it)."""
         config = self.config
         try:
-            there = prepare_dir(dst, dry_run=config.dry_run, parents=parents, look_first=True)
+            there = prepare_dir(dst, dry_run=config.dry_run, parents=parents, look_first=look_first)
         except NotADirectory as exc:
             self.blocked.add(entry.rel)
             self.report.failures.append(CopyFailure(entry.src, None, str(exc), STEP_MKDIR))
-            return False
+            return False, None
         except OSError as exc:
             if parents and not config.dry_run:  # DST's root: nothing was written, nothing could be
                 raise dst_refused(dst, exc) from exc
             self.blocked.add(entry.rel)
             self.report.failures.append(CopyFailure.of(entry.src, exc, STEP_COMPARE if config.dry_run else STEP_MKDIR))
-            return False
+            return False, None
         self.add(entry, dst, there is None)
-        self.root_leftovers = may_hold_leftovers(there, entry.mtime_ns)
-        return True
+        return True, there
 
     def add(self, entry: Entry, dst: str, fresh: bool) -> None:
         if fresh:

@@ -170,6 +170,10 @@ class ScanJob(NamedTuple):
     hand_back_links: bool
     filters: Any  # pcopy.filters.FilterSet or None (plain, picklable rules)
     options: CopyOptions
+    # False: subdirectories are only stat'ed, the caller makes each just before its own listing
+    # (the parent's walk on local storage: on ext4 a directory made long before its files
+    # spreads them over block groups, 20,000 files 4.3 -> 7.9 s).
+    make_subdirs: bool = True
 
 
 class FoundDir(NamedTuple):

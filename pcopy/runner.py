@@ -39,7 +39,7 @@ from pcopy import bwlimit, threads
 from pcopy.backup import mirror_rules
 from pcopy.backup import prepare as prepare_backups
 from pcopy.config import SLOW_JOBS_PER_CPU, Config
-from pcopy.dirs import Directories
+from pcopy.dirs import Directories, may_hold_leftovers
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.hardlinks import HardLinks
 from pcopy.interrupts import signals_raise
@@ -49,6 +49,7 @@ from pcopy.jobs import (
     CopyOptions,
     DirJob,
     EntryTask,
+    FoundDir,
     GroupJob,
     Job,
     JobResult,
@@ -111,6 +112,9 @@ class CopyRun:
         # to copy, and entries to plan (large files, hard links, files beyond a job's budget).
         self.scans: deque[ScanJob] = deque()
         self.scans_out: dict[int, ScanJob] = {}  # submitted, not yet returned
+        # The parent's walk (walk_here): directories found, not yet made, and whether their
+        # parent existed before (then they may exist too); a stack: depth first.
+        self.walk_stack: list[tuple[FoundDir, bool]] = []
         self.dir_jobs: deque[DirJob] = deque()
         self.followups: deque[EntryTask] = deque()
         self.mirror_target: Target | None = None  # --delete: run mirror() for it after the copy
@@ -125,7 +129,7 @@ class CopyRun:
         # is local; by the workers (ScanJobs) on slow or network storage, and on Ray (where
         # every node must see the tree: the listing is spread like the copy).
         self.walk_here = (config.engine == "local" and not self.options.slow_dst
-                          and not self.options.read_threads and config.jobs > 1)
+                          and not self.options.read_threads)
 
     # -- driving --------------------------------------------------------------------------------
     def run(self, feed: Callable[[], None]) -> CopyReport:
@@ -165,7 +169,7 @@ class CopyRun:
         executor = self.executor
         while True:
             self.submit_waiting()
-            if walk_only and not self.scans_out:
+            if walk_only and not self.scans_out and not self.walk_stack:
                 return
             if executor.pending:
                 executor.wait(block=True)
@@ -181,14 +185,18 @@ class CopyRun:
         work for every worker), unless DIR_JOBS_AHEAD chunks of names already wait (the walk
         may run ahead of the copy, by that much memory)."""
         while True:
-            if (self.walk_here and self.scans and len(self.dir_jobs) < DIR_JOBS_AHEAD
+            if (self.walk_here and (self.scans or self.walk_stack) and len(self.dir_jobs) < DIR_JOBS_AHEAD
                     and (not self.dir_jobs or not self.executor.has_room())):
                 # Local storage: the parent lists (a page cache answers in microseconds, and a
                 # job per directory would cost more than the listing), handing every name to
-                # the workers, and lists on while they are busy: the walk of the old design.
-                scan = self.scans.popleft()
+                # the workers, and lists on while they are busy, depth first, making each
+                # directory just before its listing: the walk of the old design.
+                if not self.scans:
+                    self.make_and_list(*self.walk_stack.pop(), parents=not self.directories.made)
+                    continue
+                scan = self.scans.popleft()._replace(copy_names=False, make_subdirs=False)
                 self.scans_out[scan.job_id] = scan
-                self.executor.run_here(scan._replace(copy_names=False))
+                self.executor.run_here(scan)
             elif self.scans and not self.walk_here and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
                 scans = [self.scans.popleft() for _ in range(self.group_size(len(self.scans)))]
                 for scan in scans:
@@ -227,12 +235,21 @@ class CopyRun:
         st = os.stat(target.src)
         root_entry = make_entry(target.src, "", st)
         assert root_entry is not None
-        if not self.directories.make(root_entry, target.dst, parents=True):
-            return
         ancestors = frozenset({(st.st_dev, st.st_ino)}) if self.config.dereference else frozenset()
-        self.scans.append(self.planner.scan_job(target.src, "", target.dst, "" not in self.directories.fresh,
-                                                self.directories.root_leftovers, ancestors))
+        self.walk_stack.append((FoundDir(root_entry, target.dst, False, ancestors, False), True))
+        if not self.walk_here:
+            self.make_and_list(*self.walk_stack.pop(), parents=True)
         self.settle(walk_only=True)
+
+    def make_and_list(self, found: FoundDir, look_first: bool, parents: bool = False) -> None:
+        """Make a directory the parent's walk found (just before listing it: see
+        ScanJob.make_subdirs), then queue its listing."""
+        entry = found.entry
+        ok, there = self.directories.make(entry, found.dst, parents=parents, look_first=look_first)
+        if ok:
+            self.scans.append(self.planner.scan_job(
+                entry.src, entry.rel, found.dst, there is not None, may_hold_leftovers(there, entry.mtime_ns),
+                found.ancestors))
 
     def group_size(self, waiting: int) -> int:
         """Jobs per call, of `waiting`: one, until the workers report that they wait on the
@@ -247,6 +264,9 @@ class CopyRun:
     def on_scanned(self, scan: ScanJob, result: JobResult) -> None:
         """A directory listed: its subdirectories to list in turn, its names to copy."""
         for found in result.dirs or ():
+            if not scan.make_subdirs:  # the parent's walk: made when their turn comes
+                self.walk_stack.append((found, scan.check_dst))
+                continue
             self.directories.add_found(found)
             entry = found.entry
             self.scans.append(self.planner.scan_job(entry.src, entry.rel, found.dst, not found.fresh,

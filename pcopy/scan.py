@@ -85,6 +85,8 @@ def _make_subdir(job: ScanJob, name: str, src_fd: int | None, dst_fd: int | None
             return None
         ancestors = ancestors | {key}
     dst = os.path.join(job.dst_dir, name)
+    if not job.make_subdirs:
+        return FoundDir(entry, dst, False, ancestors, False)
     try:
         there = (None if options.dry_run and not job.check_dst  # nothing can be below a new directory
                  else prepare_dir(dst, dry_run=options.dry_run, look_first=job.check_dst,
