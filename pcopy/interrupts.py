@@ -88,7 +88,7 @@ def signals_blocked(all_threads: bool = False) -> Iterator[None]:
     the main thread only, unless all_threads. Windows has no signal masks: there a child relies
     on installing its handlers first thing."""
     if not hasattr(signal, "pthread_sigmask") or (
-            not all_threads and threading.current_thread() is not threading.main_thread()):
+            not all_threads and threading.get_ident() != threading.main_thread().ident):
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)

@@ -27,11 +27,12 @@ thread leaves, outside any handler, and print a traceback.)
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pcopy.errors import WorkerStop
 from pcopy.interrupts import signals_blocked
@@ -47,6 +48,8 @@ HIGH_UTILISATION = 0.85  # above which it is CPU-bound: the limit halves
 MAX_STEP = 8  # the most one window may multiply the limit by
 MIN_GAIN = 1.2  # a growth must raise entries per second by this much to be kept
 HOLD_WINDOWS = 10  # windows a rejected growth waits before the next try
+FDS_KEPT = 32  # descriptors left for the process itself (pipes, directories, the Manager)
+FDS_PER_THREAD = 4  # a source, a destination, and the job's two open directories, at most
 THREADS_PER_MEMBER = 4  # see group_size
 MAX_GROUP = 16
 STOP_GRACE_S = 0.5  # how long a stopping job waits for its threads' clean-up
@@ -123,10 +126,26 @@ class Concurrency:
             self.hold -= 1
             return
         step = min(MAX_STEP, TARGET_UTILISATION / max(utilisation, 1e-6))
-        if step < 2 or self.limit >= MAX_THREADS:
+        most = max_threads()
+        if step < 2 or self.limit >= most:
             return
         window.last_rate, window.last_limit = rate, self.limit
-        self.limit = min(MAX_THREADS, self.limit * _power_of_two_below(step))
+        self.limit = min(most, self.limit * _power_of_two_below(step))
+
+
+def max_threads() -> int:
+    """MAX_THREADS, or fewer where the process may open few files: each thread holds a source
+    and a destination descriptor, and some stay for the process' own use (a 64-descriptor
+    limit allows 8 threads)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return MAX_THREADS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_THREADS
+    return max(1, min(MAX_THREADS, (soft - FDS_KEPT) // FDS_PER_THREAD))
 
 
 def _power_of_two_below(x: float) -> int:
@@ -142,8 +161,9 @@ concurrency = Concurrency()
 # Per thread: how many jobs of a GroupJob share the limit (1: a job alone).
 _local = threading.local()
 
-# Every helper thread running, of every job: a stop reaches all of them, however nested.
-_live: set[threading.Thread] = set()
+# Every helper thread running, of every job, as the lock it releases when it ends: a stop waits
+# for all of them, however nested.
+_live: set[Any] = set()
 
 
 def reset() -> None:
@@ -230,30 +250,37 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
         while not errors and not stopping and (i := next(taken)) < len(items):
             work(items[i], part)
 
-    def helper_run(part: JobResult, share: int) -> None:
-        _local.share = share
+    def helper_run(part: JobResult, share: int, done: Any) -> None:
         try:
+            _local.share = share
             run(part)
         except Exception as exc:
             errors.append(exc)
         except BaseException:
             pass  # stopped (check_stop): its clean-up ran on the way here
         finally:
-            _live.discard(threading.current_thread())
+            _live.discard(done)
+            done.release()
 
+    # Bare threads (_thread), not threading.Thread: a Thread object lives in weak sets whose
+    # clean-up callbacks then run in the worker's main thread, and a SIGTERM handler raising
+    # there (WorkerStop) is swallowed as "Exception ignored" (found by the signal storm).
     share = getattr(_local, "share", 1)
-    helpers = [threading.Thread(target=helper_run, args=(part, share), daemon=True) for part in parts[1:]]
+    dones = []
     try:
         with signals_blocked():  # helpers inherit the mask: signals are for the main thread
-            for helper in helpers:
-                _live.add(helper)
-                helper.start()
+            for part in parts[1:]:
+                done = _thread.allocate_lock()
+                done.acquire()
+                _live.add(done)
+                dones.append(done)
+                _thread.start_new_thread(helper_run, (part, share, done))
         try:
             run(parts[0])
         except Exception as exc:
             errors.append(exc)
-        for helper in helpers:
-            helper.join()
+        for done in dones:
+            done.acquire()  # (interruptible by a signal in the main thread)
     except BaseException:  # stopped (SIGTERM in a worker, an interrupt inline): so are the others
         _stop()
         raise
@@ -293,6 +320,6 @@ def _stop() -> None:
     global stopping
     stopping = True
     deadline = time.monotonic() + STOP_GRACE_S
-    for helper in list(_live):
-        if helper is not threading.current_thread():
-            helper.join(max(0.0, deadline - time.monotonic()))
+    for done in list(_live):
+        if done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            done.release()  # (its own thread released it: leave it released for its waiter)

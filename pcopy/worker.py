@@ -112,10 +112,13 @@ class _Progress:
     A message is (bytes done, files done, bytes found, names sized): the last two are a DirJob's
     stat results, so the display knows its total is final once every walked name is sized."""
 
-    __slots__ = ("found_bytes", "last", "lock", "pending_bytes", "pending_files", "queue", "sized_names")
+    __slots__ = ("found_bytes", "last", "lock", "owner", "pending_bytes", "pending_files", "queue", "sized_names")
 
     def __init__(self, queue: ProgressQueue) -> None:
         self.lock = threading.Lock()  # a job's threads (pcopy.threads) count into one
+        # Only the job's own thread sends: a Manager proxy used from another thread opens a
+        # connection of its own (and names the thread, making threading objects for it).
+        self.owner = threading.get_ident()
         self.queue = queue
         self.pending_bytes = 0
         self.pending_files = 0
@@ -131,13 +134,14 @@ class _Progress:
     def add_bytes(self, n: int) -> None:
         with self.lock:
             self.pending_bytes += n
-            if self.pending_bytes >= PROGRESS_BYTES or time.monotonic() - self.last >= PROGRESS_INTERVAL_S:
+            if ((self.pending_bytes >= PROGRESS_BYTES or time.monotonic() - self.last >= PROGRESS_INTERVAL_S)
+                    and threading.get_ident() == self.owner):
                 self._flush()
 
     def add_file(self) -> None:
         with self.lock:
             self.pending_files += 1
-            if time.monotonic() - self.last >= PROGRESS_INTERVAL_S:
+            if time.monotonic() - self.last >= PROGRESS_INTERVAL_S and threading.get_ident() == self.owner:
                 self._flush()
 
     def flush(self) -> None:
