@@ -52,7 +52,8 @@ FDS_KEPT = 32  # descriptors left for the process itself (pipes, directories, th
 FDS_PER_THREAD = 4  # a source, a destination, and the job's two open directories, at most
 THREADS_PER_MEMBER = 4  # see group_size
 MAX_GROUP = 16
-STOP_GRACE_S = 0.5  # how long a stopping job waits for its threads' clean-up
+STOP_GRACE_S = 0.5
+TICK_S = 0.1  # see on_wait  # how long a stopping job waits for its threads' clean-up
 
 
 class _Window:
@@ -202,6 +203,12 @@ def group_size(limit: int) -> int:
     return max(1, min(MAX_GROUP, limit // THREADS_PER_MEMBER))
 
 
+def on_wait(tick: Callable[[], None] | None) -> None:
+    """What this thread calls every TICK_S while it waits for its job's other threads (the
+    job's progress: only its own thread sends it)."""
+    _local.tick = tick
+
+
 def grouped(share: int) -> None:
     """This thread runs one of `share` jobs of a group."""
     _local.share = share
@@ -279,8 +286,10 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
             run(parts[0])
         except Exception as exc:
             errors.append(exc)
-        for done in dones:
-            done.acquire()  # (interruptible by a signal in the main thread)
+        tick = getattr(_local, "tick", None)
+        for done in dones:  # (interruptible by a signal in the main thread)
+            while not done.acquire(timeout=TICK_S if tick is not None else -1):
+                tick()  # type: ignore[misc]
     except BaseException:  # stopped (SIGTERM in a worker, an interrupt inline): so are the others
         _stop()
         raise

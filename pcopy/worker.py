@@ -186,6 +186,7 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
     try:
         _in_job = True
         threads.configure((job.jobs[0] if isinstance(job, GroupJob) else job).options.threads)
+        threads.on_wait(progress.flush if progress is not None else None)
         result = _run_group(job, progress) if isinstance(job, GroupJob) else _run_one(job, progress)
         result.threads = threads.concurrency.limit  # what the parent groups jobs by
         return result
