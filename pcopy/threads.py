@@ -280,8 +280,12 @@ def _in_threads(items: Sequence[T], work: Callable[[T, JobResult], None], result
                 done = _thread.allocate_lock()
                 done.acquire()
                 _live.add(done)
+                try:
+                    _thread.start_new_thread(helper_run, (part, share, done))
+                except BaseException:  # (no thread to be had: nothing will release it)
+                    _live.discard(done)
+                    raise
                 dones.append(done)
-                _thread.start_new_thread(helper_run, (part, share, done))
         try:
             run(parts[0])
         except Exception as exc:
