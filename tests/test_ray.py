@@ -75,29 +75,25 @@ def cluster() -> Iterator[RayCluster]:
 
     # Short: Ray's unix socket paths live under it and must stay under ~107 bytes.
     base = Path(tempfile.mkdtemp(prefix="pcr-", dir="/tmp"))
-    saved = {key: os.environ.get(key) for key in [*RAY_ENV, "RAY_TMPDIR", "RAY_ADDRESS"]}
-    os.environ.update(RAY_ENV)
-    os.environ["RAY_TMPDIR"] = str(base)
-    os.environ.pop("RAY_ADDRESS", None)
-    hidden = base / "unseen"
-    hidden.mkdir()
-    small_store = 80 * MIB  # pcopy's results are a few KiB: the object store stays near empty
-    nodes = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "object_store_memory": small_store})
-    try:
-        second = nodes.add_node(num_cpus=1, object_store_memory=small_store,
-                                env_vars={raypool.PROBE_HIDE_ENV: str(hidden)})
-        ray.init(address=nodes.address, log_to_driver=False, logging_level=logging.ERROR)
-        yield RayCluster(nodes.address, hidden, second.node_id, base, nodes)
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(base, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as env:  # (restores the environment however it ends)
+        for key, value in RAY_ENV.items():
+            env.setenv(key, value)
+        env.setenv("RAY_TMPDIR", str(base))
+        env.delenv("RAY_ADDRESS", raising=False)
+        hidden = base / "unseen"
+        hidden.mkdir()
+        small_store = 80 * MIB  # pcopy's results are a few KiB: the object store stays near empty
+        nodes = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "include_dashboard": False, "object_store_memory": small_store})
+        try:
+            second = nodes.add_node(num_cpus=1, object_store_memory=small_store,
+                                    env_vars={raypool.PROBE_HIDE_ENV: str(hidden)})
+            ray.init(address=nodes.address, log_to_driver=False, logging_level=logging.ERROR)
+            yield RayCluster(nodes.address, hidden, second.node_id, base, nodes)
+        finally:
+            ray.shutdown()
+            nodes.shutdown()
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def ray_workers(marker: str | None = None) -> list[int]:
