@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
+import pcopy.threads
 from pcopy.config import Config
-from pcopy.jobs import STEP_COMPARE, STEP_METADATA, STEP_MKDIR, CopyFailure, EntryTask, FoundDir, Kind
+from pcopy.jobs import STEP_COMPARE, STEP_METADATA, STEP_MKDIR, CopyFailure, EntryTask, FoundDir, JobResult, Kind
 from pcopy.metadata import apply_metadata, copy_xattrs, current_umask, masked_mode
 from pcopy.report import CopyReport
 from pcopy.target import dst_refused
 from pcopy.walk import Entry
+
+# Threads that finish directories on slow storage (CopyOptions.slow_dst): each directory is three
+# or four round trips (chown, chmod, utime; a stat on a re-run), one directory after another
+# 16 ms at 1 ms per request.
+FINISH_THREADS = 16
 
 
 class NotADirectory(Exception):
@@ -109,39 +116,126 @@ class Directories:
     def add_found(self, found: FoundDir) -> None:
         self.add(found.entry, found.dst, found.fresh)
 
-    def finish(self) -> None:
+    def finish(self, threads: int = 1) -> None:
         """Directory metadata bottom-up (reverse walk order puts children before parents), after
-        their contents, so read-only directories copy and their mtimes are not disturbed."""
+        their contents, so read-only directories copy and their mtimes are not disturbed. With
+        threads > 1 (slow storage) the directories of one depth are done together, deepest
+        first: their round trips overlap, and a parent still comes after all of its children."""
         self.report.dirs = len(self.made)
-        config = self.config
-        if config.dry_run:
+        if self.config.dry_run or not self.made:
             return
-        for dst, entry in reversed(self.made):
-            mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, current_umask())
-            task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
-                             entry.atime_ns, entry.mtime_ns)
-            try:
-                if entry.rel not in self.fresh and self._up_to_date(dst, task):
-                    continue  # an up-to-date re-run writes nothing, not even directory times
-                if config.preserve_xattrs:
-                    copy_xattrs(entry.src, dst, follow_symlinks=True)
-                apply_metadata(dst, task, self.preserve_owner, preserve_group=self.preserve_group,
-                               times=config.preserve_times)
-                if config.fsync:
-                    fsync_path(dst)  # makes the renames into it durable
-            except OSError as exc:
-                self.report.failures.append(CopyFailure.of(dst, exc, STEP_METADATA))
+        with _RootRelative(next((dst for dst, entry in self.made if not entry.rel), "")) as at:
+            owners = self._known_owners(at)
+            if threads <= 1:
+                for dst, entry in reversed(self.made):
+                    self._finish_one(dst, entry, at, owners.get(entry.rel))
+                return
+            for level in _deepest_first(self.made):
+                pcopy.threads.each(level, lambda item, _part: self._finish_one(*item, at, owners.get(item[1].rel)),
+                                   JobResult(0), threads=min(threads, len(level)))
 
-    def _up_to_date(self, dst: str, task: EntryTask) -> bool:
+    def _known_owners(self, at: _RootRelative) -> dict[str, tuple[int, int]]:
+        """The (uid, gid) of directories known without asking the file system, by rel path: DST's
+        root (one stat), and on Linux each directory this run made below a chain of directories
+        it made up to the root: owned by this process, in its group, or in the root's where the
+        root is set-group-ID (inherited downwards with the bit). Their chown is skipped when it
+        would change nothing: a round trip per directory on a network file system."""
+        if not (self.preserve_owner or self.preserve_group) or at.fd is None:
+            return {}
+        try:
+            root = os.fstat(at.fd)
+        except OSError:
+            return {}
+        owners = {"": (root.st_uid, root.st_gid)}
+        if not _SYSV_GROUPS:
+            return owners
+        made = (os.geteuid(), root.st_gid if root.st_mode & stat.S_ISGID else os.getegid())
+        for _dst, entry in self.made:  # (walk order: a parent before its children)
+            if entry.rel and entry.rel in self.fresh and os.path.dirname(entry.rel) in owners:
+                owners[entry.rel] = made
+        return owners
+
+    def _finish_one(self, dst: str, entry: Entry, at: _RootRelative, owner: tuple[int, int] | None) -> None:
+        config = self.config
+        mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, current_umask())
+        task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
+                         entry.atime_ns, entry.mtime_ns)
+        dir_fd, name = at.split(dst)
+        keep_owner, keep_group = self.preserve_owner, self.preserve_group
+        if owner is not None:
+            keep_owner = keep_owner and entry.uid != owner[0]
+            keep_group = keep_group and entry.gid != owner[1]
+        try:
+            if entry.rel not in self.fresh and self._up_to_date(name, dir_fd, task):
+                return  # an up-to-date re-run writes nothing, not even directory times
+            if config.preserve_xattrs:
+                copy_xattrs(entry.src, dst, follow_symlinks=True)
+            apply_metadata(name, task, keep_owner, preserve_group=keep_group,
+                           times=config.preserve_times, dir_fd=dir_fd)
+            if config.fsync:
+                fsync_path(dst)  # makes the renames into it durable
+        except OSError as exc:  # (list.append: safe from several threads)
+            self.report.failures.append(CopyFailure.of(dst, exc, STEP_METADATA))
+
+    def _up_to_date(self, name: str, dir_fd: int | None, task: EntryTask) -> bool:
         """An existing directory whose mode, mtime (and owner, where kept) already match and
         into which this run wrote nothing (its mtime would have moved). Extended attributes
         are always re-applied."""
         if self.config.preserve_xattrs or not self.config.preserve_times:
             return False
-        st = os.stat(dst)
+        st = os.stat(name, dir_fd=dir_fd)
         return (stat.S_IMODE(st.st_mode) == stat.S_IMODE(task.mode) and st.st_mtime_ns == task.mtime_ns
                 and (not self.preserve_owner or st.st_uid == task.uid)
                 and (not self.preserve_group or st.st_gid == task.gid))
+
+
+def _deepest_first(made: list[tuple[str, Entry]]) -> list[list[tuple[str, Entry]]]:
+    """The directories grouped by depth below DST, deepest first, each group in reverse walk
+    order."""
+    levels: dict[int, list[tuple[str, Entry]]] = {}
+    for item in reversed(made):
+        rel = item[1].rel
+        levels.setdefault(rel.count(os.sep) + 1 if rel else 0, []).append(item)
+    return [levels[depth] for depth in sorted(levels, reverse=True)]
+
+
+# Directory metadata named relative to DST's root: on a network file system a full path costs a
+# round trip per component above DST too, for each of a directory's three or four calls.
+_AT_CALLS = ({os.stat, os.chmod, os.utime} <= os.supports_dir_fd
+             and (not hasattr(os, "chown") or os.chown in os.supports_dir_fd))
+# Linux gives a new directory the creator's group, or its parent's where the parent is
+# set-group-ID (BSD and macOS: always the parent's).
+_SYSV_GROUPS = sys.platform.startswith("linux")
+_ROOT_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_PATH", os.O_RDONLY)
+
+
+class _RootRelative:
+    """DST's root held open, so a directory below it is named (root fd, relative path)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.prefix = os.path.join(root, "")
+        self.fd: int | None = None
+
+    def __enter__(self) -> _RootRelative:
+        if self.root and _AT_CALLS:
+            try:
+                self.fd = os.open(self.root, _ROOT_FLAGS)
+            except OSError:
+                self.fd = None  # (unreadable without O_PATH): full paths
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+    def split(self, dst: str) -> tuple[int | None, str]:
+        if self.fd is not None:
+            if dst == self.root:
+                return self.fd, "."
+            if dst.startswith(self.prefix):
+                return self.fd, dst[len(self.prefix):]
+        return None, dst
 
 
 def fsync_path(path: str) -> None:

@@ -148,9 +148,10 @@ def temp_mode(mode: int, shared_writes: bool) -> int:
 
 
 def apply_metadata(path: str, task: EntryTask, preserve_owner: bool, fd: int | None = None, *,
-                   preserve_group: bool | None = None, times: bool = True) -> None:
+                   preserve_group: bool | None = None, times: bool = True, dir_fd: int | None = None) -> None:
     """Ownership, then mode (chown clears set-id bits), then times. Symlinks: owner and times.
-    preserve_group None follows preserve_owner; times False leaves the times the write gave."""
+    preserve_group None follows preserve_owner; times False leaves the times the write gave.
+    dir_fd: path is relative to that open directory (where the platform has the *at calls)."""
     is_link = task.kind is Kind.SYMLINK
     group = preserve_owner if preserve_group is None else preserve_group
     if (preserve_owner or group) and _HAS_CHOWN:
@@ -161,21 +162,21 @@ def apply_metadata(path: str, task: EntryTask, preserve_owner: bool, fd: int | N
         if fd is not None:
             os.fchown(fd, uid, gid)
         else:
-            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chown(path, uid, gid, follow_symlinks=False, dir_fd=dir_fd)
     if not is_link:
         if fd is not None and _CHMOD_FD:
             os.chmod(fd, stat.S_IMODE(task.mode))
         else:
-            os.chmod(path, stat.S_IMODE(task.mode))
+            os.chmod(path, stat.S_IMODE(task.mode), dir_fd=dir_fd)
     if not times:
         return
     times_ns = (task.atime_ns, task.mtime_ns)
     if fd is not None and UTIME_FD:
         os.utime(fd, ns=times_ns)
     elif not is_link:
-        os.utime(path, ns=times_ns)
+        os.utime(path, ns=times_ns, dir_fd=dir_fd)
     elif _UTIME_FOLLOWS:
-        os.utime(path, ns=times_ns, follow_symlinks=False)
+        os.utime(path, ns=times_ns, follow_symlinks=False, dir_fd=dir_fd)
 
 
 def masked_mode(mode: int, umask: int) -> int:

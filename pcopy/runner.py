@@ -39,7 +39,7 @@ from pcopy import bwlimit, threads
 from pcopy.backup import mirror_rules
 from pcopy.backup import prepare as prepare_backups
 from pcopy.config import SLOW_JOBS_PER_CPU, Config
-from pcopy.dirs import Directories, may_hold_leftovers
+from pcopy.dirs import FINISH_THREADS, Directories, may_hold_leftovers
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.hardlinks import HardLinks
 from pcopy.interrupts import signals_raise
@@ -155,7 +155,7 @@ class CopyRun:
             if self.mirror_target is not None:
                 # Before directory metadata: removing entries changes their directories' mtimes.
                 mirror(self.mirror_target, self.config, self.report, self.options)
-            self.directories.finish()
+            self.directories.finish(threads=FINISH_THREADS if self.options.slow_dst else 1)
         except BaseException:  # interrupted (or a bug): no temporary file of ours stays behind
             self.temps.remove_all()
             self.splits.forget()

@@ -588,3 +588,37 @@ def test_empty_directory_and_empty_file_as_source(tmp_path: Path) -> None:
     assert_same_tree(tmp_path / "empty", tmp_path / "d")
     assert_same_tree(tmp_path / "zero", tmp_path / "z")
     assert os.listdir(tmp_path / "d") == []
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root: chown to other owners")
+@pytest.mark.parametrize("slow", [False, True])
+@pytest.mark.parametrize("where", ["existing setgid DST", "new DST under a setgid directory", "plain"])
+def test_directory_owners_where_chown_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 slow: bool, where: str) -> None:
+    """Directories this run makes are not chown'ed when they already have the source's owner
+    and group (pcopy.dirs: Directories._known_owners): a set-group-ID directory above them
+    gives them its group, so there they must be, and every directory ends with SRC's ids."""
+    if slow:  # the threaded, level-by-level finish that slow storage gets
+        monkeypatch.setattr("pcopy.runner.storage_options", lambda src, dst: {"slow_dst": True, "read_threads": 0})
+    src = tmp_path / "src"
+    write(src / "mine" / "deeper" / "f", b"x")  # root's own ids: chown skippable unless setgid
+    write(src / "theirs" / "g", b"y")
+    os.chown(src / "theirs", 1234, 5678)
+    os.chown(src / "mine" / "deeper", 0, 4242)
+    os.chmod(src, 0o755)
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    os.chown(holder, 0, 777)
+    os.chmod(holder, 0o2775)
+    dst = holder / "dst"
+    if where == "existing setgid DST":
+        dst.mkdir()
+        os.chmod(dst, 0o2775)  # (inherits group 777 from holder)
+    elif where == "plain":
+        os.chmod(holder, 0o755)
+    report = copy(src, dst, jobs=2)
+    assert report.exit_code == 0, report.failures
+    for rel in ("", "mine", "mine/deeper", "theirs"):
+        want, got = os.lstat(src / rel), os.lstat(dst / rel)
+        assert (got.st_uid, got.st_gid) == (want.st_uid, want.st_gid), rel
+        assert stat.S_IMODE(got.st_mode) == stat.S_IMODE(want.st_mode), rel
