@@ -151,6 +151,10 @@ class Executor:
         """Whether submit would send a job at once (not wait for a result first)."""
         return self.pool is None or len(self.pending) < self.max_in_flight
 
+    def running(self) -> int:
+        """Calls submitted and not yet returned (a worker runs one at a time; more wait)."""
+        return len(self.pending)
+
     def run_here(self, job: Job) -> None:
         """Run job in this process now, whatever the pool (pcopy's own work: a listing)."""
         self._run_inline(job)

@@ -27,7 +27,6 @@ path, no working call).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -100,16 +99,32 @@ def _measure(kind: str, directory: str, dir_fd: int | None, samples: int, budget
     raise ValueError(f"unknown kind of call {kind!r}; known: {', '.join(KINDS)}")
 
 
+def _open_directory(path: str, nearest: bool) -> tuple[str, int | None]:
+    """The directory to probe for path (path itself, or a file's directory; with nearest, the
+    nearest existing one for a missing path) and a descriptor of it: None where directories
+    cannot be opened (Windows), or this one is unreadable or missing. Opening it is the only
+    call that names the path: on slow storage every stat by path is round trips of its own."""
+    there = os.path.abspath(path)
+    while True:
+        try:
+            return there, os.open(there, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            parent = os.path.dirname(there)
+            if parent == there or (isinstance(exc, FileNotFoundError) and not nearest):
+                return there, None
+            there = parent
+        except OSError:
+            return _directory_of(there), None
+
+
 def probe_kinds(path: str | os.PathLike[str], kinds: tuple[str, ...] = KINDS, samples: int = SAMPLES,
-                budget_s: float = BUDGET_S, first_only: bool = False) -> dict[str, float]:
+                budget_s: float = BUDGET_S, first_only: bool = False, nearest: bool = False) -> dict[str, float]:
     """Seconds per call, the minimum over samples, for each of `kinds` that works here (a kind
     whose call is missing or fails is left out; empty when none works); with first_only, only the
-    first kind that works is measured. A file's parent directory is probed."""
-    directory = _directory_of(os.fspath(path))
+    first kind that works is measured. A file's directory is probed; with nearest, a missing
+    path's nearest existing directory (else nothing works there)."""
+    directory, fd = _open_directory(os.fspath(path), nearest)
     results: dict[str, float] = {}
-    fd: int | None = None
-    with contextlib.suppress(OSError):  # Windows (no os.open of a directory), unreadable: scandir only
-        fd = os.open(directory, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
     try:
         for kind in kinds:
             seconds = _measure(kind, directory, fd, samples, budget_s)
@@ -124,24 +139,21 @@ def probe_kinds(path: str | os.PathLike[str], kinds: tuple[str, ...] = KINDS, sa
 
 
 def probe_latency(path: str | os.PathLike[str], samples: int = SAMPLES,
-                  budget_s: float = BUDGET_S) -> float | None:
+                  budget_s: float = BUDGET_S, nearest: bool = False) -> float | None:
     """Seconds one metadata round trip costs on the storage holding path (a directory, or a
     file's directory): about 1e-6 on a local file system, the network or FUSE round trip
     elsewhere. The first kind of call that works is timed (fstatvfs, else reopen, else scandir).
     Nothing is written. None when it cannot be measured. See the module docstring."""
-    kinds = probe_kinds(path, KINDS, samples, budget_s, first_only=True)
+    kinds = probe_kinds(path, KINDS, samples, budget_s, first_only=True, nearest=nearest)
     return next(iter(kinds.values()), None)
 
 
 def storage_options(src: str, dst: str) -> dict[str, Any]:
     """What a copy from src to dst should know of their storage (CopyOptions.slow_dst and
-    read_threads; docs/benchmarks-slow.md, "Large files"): dst probed at its nearest existing
+    read_threads; docs/benchmarks-slow.md, "Large files"): each probed at its nearest existing
     directory. A few microseconds on local file systems, a few round trips on slow ones."""
     src_s = probe_latency(src)
-    there = os.path.abspath(dst)
-    while not os.path.isdir(there) and os.path.dirname(there) != there:
-        there = os.path.dirname(there)
-    dst_s = probe_latency(there)
+    dst_s = probe_latency(dst, nearest=True)
     read_threads = 0
     if src_s is not None and src_s > ROUND_TRIP_S:
         read_threads = MANY_READ_THREADS if src_s >= MANY_THREADS_FROM_S else READ_THREADS

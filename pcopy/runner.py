@@ -254,8 +254,12 @@ class CopyRun:
     def group_size(self, waiting: int) -> int:
         """Jobs per call, of `waiting`: one, until the workers report that they wait on the
         storage (their thread limit grew, pcopy.threads); then enough that their threads span
-        directories, but no more than leaves every worker two calls of what waits."""
-        fair = -(-waiting // (2 * self.config.jobs))
+        directories, spread over the workers without a call (all of them, when none has one).
+        What waits is spread over the idle workers, not queued behind busy ones: a directory's
+        creates and renames queue on its lock, so its time hardly depends on its share of
+        threads, and a second call queued behind a worker's first would add a round."""
+        idle = self.config.jobs - self.executor.running()
+        fair = -(-waiting // (idle if idle > 0 else self.config.jobs))
         return max(1, min(threads.group_size(self.executor.threads), fair, waiting))
 
     def submit_group(self, jobs: list[DirJob] | list[ScanJob]) -> None:
