@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +18,7 @@ from pcopy import threads, worker
 from pcopy.errors import WorkerStop
 from pcopy.jobs import CopyOptions, DirJob, JobResult
 from pcopy.metadata import TEMP_MARKER
+from pcopy.runner import CopyRun
 from pcopy.threads import Concurrency, each
 
 
@@ -89,6 +91,21 @@ def test_group_size_spans_directories_once_threads_grow() -> None:
     assert threads.group_size(1) == 1
     assert threads.group_size(8) == 2
     assert threads.group_size(64) == threads.MAX_GROUP
+
+
+@pytest.mark.parametrize(("limit", "running", "waiting", "expected"), [
+    (1, 0, 50, 1),  # a page cache: one job per call
+    (64, 0, 50, 7),  # 50 directories over 8 idle workers: 7, 7, ... (one round, not two)
+    (64, 7, 1, 1),
+    (64, 6, 50, 16),  # two idle workers: as many as the thread limit lets one call hold
+    (64, 8, 50, 7),  # none idle: spread as if all were (the call waits for the first free one)
+    (8, 0, 50, 2),  # at 8 threads, 2 directories per call (4 threads each)
+])
+def test_calls_spread_what_waits_over_the_idle_workers(limit: int, running: int, waiting: int,
+                                                       expected: int) -> None:
+    run = SimpleNamespace(config=SimpleNamespace(jobs=8),
+                          executor=SimpleNamespace(threads=limit, running=lambda: running))
+    assert CopyRun.group_size(run, waiting) == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 7, 64])
