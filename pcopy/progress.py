@@ -277,10 +277,14 @@ class Display:
             # Still counting: done against what was found so far, a "+" on each total that may
             # still grow (the file count is final once the walk is over, the bytes once every
             # name has its size), and nothing that pretends to know the end.
+            # Files copied are found files too: where workers list the directories (slow
+            # storage, Ray), a listing reaches the parent with its job's result, after the
+            # files it copied were counted done, and "0/0+ files" would stand for seconds.
             files_more = "" if snap.walked else "+"
-            return Frame(f"pcopy: counting | {format_count(files_done)}/{format_count(snap.files_found)}{files_more}"
-                         f" files | {format_pair(bytes_done, snap.bytes_found)}+ | {format_bytes(copy_rate)}/s",
-                         None, "", skipped)
+            found = snap.files_found if snap.walked else max(snap.files_found, snap.files_done)
+            return Frame(f"pcopy: counting | {format_count(min(snap.files_done, found))}/{format_count(found)}"
+                         f"{files_more} files | {format_pair(bytes_done, max(snap.bytes_found, bytes_done))}+"
+                         f" | {format_bytes(copy_rate)}/s", None, "", skipped)
         percent = self.percent(snap)
         left = f"pcopy: {percent:3d}%"
         files = f" {format_count(files_done)}/{format_count(snap.files_found)} files"

@@ -85,6 +85,14 @@ def test_counting_frames_show_what_is_known_and_no_percentage_or_eta() -> None:
     assert text == "pcopy: counting | 12/1,234+ files | 1.0/5.0 MiB+ | 1.0 MiB/s"
 
 
+def test_files_done_before_their_listing_arrived_count_as_found() -> None:
+    """Workers that list directories (slow storage, Ray) report files done before the listing
+    reaches the parent: the lower bound is then the files done, not 0/0+ for seconds."""
+    display = Display(0.0)
+    text = display.frame(snap(found=0, found_bytes=0, done=654, done_bytes=2 * MiB, final=False), 1.0).text()
+    assert "| 654/654+ files | 2.0/2.0 MiB+ |" in text
+
+
 def test_after_the_walk_files_done_show_against_the_final_file_count() -> None:
     display = Display(0.0)
     walking = display.frame(snap(found=1208, done=437, final=False), 1.0)
@@ -181,14 +189,16 @@ def test_the_thread_redraws_while_the_main_thread_is_busy() -> None:
     bar = TqdmProgress(stream=out, refresh_s=0.02)
     bar.add_names(2)
     bar.walk_done()
-    deadline = time.monotonic() + 0.5
+    deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:  # busy, never calling into the sink (a long walk)
         pass
     bar.add_sizes(2, 2048)
     bar.advance(2048, 2)
     bar.close()
     frames = frames_of(out.getvalue())
-    assert len(frames) >= 10, frames  # ~25 ticks in 0.5 s; a loaded machine gets fewer
+    # ~50 ticks in 1 s; a loaded machine gets fewer (7 of 25 seen in 0.5 s at load 30), and
+    # without the thread there would be two (the first and the last).
+    assert len(frames) >= 6, frames
     assert all("counting" in f for f in frames[:-2])
     assert "100%" in frames[-1] and "2/2 files" in frames[-1] and "2.0/2.0 KiB" in frames[-1]
     assert out.getvalue().endswith("\n")
