@@ -140,8 +140,8 @@ class Directories:
         it made up to the root: owned by this process, in its group, or in the root's where the
         root is set-group-ID (inherited downwards with the bit). Their chown is skipped when it
         would change nothing: a round trip per directory on a network file system."""
-        if not (self.preserve_owner or self.preserve_group) or at.fd is None:
-            return {}
+        if not (self.preserve_owner or self.preserve_group) or at.fd is None or not self.fresh:
+            return {}  # (nothing made: an up-to-date re-run would spend a round trip on it)
         try:
             root = os.fstat(at.fd)
         except OSError:
