@@ -328,7 +328,11 @@ def measure(tool: Tool, case: str, rep: int, mount: SlowMount, local_src: Path,
 
 def calibrate(mount: SlowMount) -> dict[str, float]:
     """What one request really costs on this mount, and whether 8 concurrent ones overlap."""
-    target = MOUNTPOINT / "src" if (BACKING / "src").is_dir() else MOUNTPOINT
+    # The source tree on the mount where a case put it there (slow -> local), else whatever the
+    # mount holds (an empty src left by an earlier run is no use: nothing to stat in it).
+    target = MOUNTPOINT / "src" if (BACKING / "src").is_dir() and any((BACKING / "src").iterdir()) else MOUNTPOINT
+    if not any(target.iterdir()):
+        (target / "calibration").mkdir()
     count = 50
     started = time.perf_counter()
     for _ in range(count):
