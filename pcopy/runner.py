@@ -198,10 +198,13 @@ class CopyRun:
                 self.scans_out[scan.job_id] = scan
                 self.executor.run_here(scan)
             elif self.scans and not self.walk_here and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
-                if self.config.engine == "local" and self.all_busy():
+                if (self.config.engine == "local" and self.all_busy() and self.lock_bound()
+                        and not self.scans[0].check_dst):
                     # Every worker has a call: a listing sent now would wait behind their copying
                     # (a second or more each on slow storage), one level of the tree per wait
-                    # (depth 8: 7.8 s instead of 3.5). Listed here, its names go to the workers.
+                    # (depth 8: 7.8 s instead of 4.8). Listed here, its names go to the workers.
+                    # (Not an existing directory's: a re-run's listings are quick in a worker,
+                    # and its names are best compared where they are listed.)
                     scan = self.scans.popleft()._replace(copy_names=False)
                     self.scans_out[scan.job_id] = scan
                     self.executor.run_here(scan)
@@ -210,8 +213,9 @@ class CopyRun:
                 if self.lock_bound():
                     # A listing hands its names back at once, to go out in groups spanning
                     # directories, instead of holding a worker on one directory's lock for as
-                    # long as its copy takes.
-                    scans = [scan._replace(copy_names=False) for scan in scans]
+                    # long as its copy takes. (A directory that existed is compared there: a
+                    # re-run's names mostly need nothing written.)
+                    scans = [scan if scan.check_dst else scan._replace(copy_names=False) for scan in scans]
                 for scan in scans:
                     self.scans_out[scan.job_id] = scan  # (before submit: -j 1 runs it right here)
                 self.submit_group(scans)
