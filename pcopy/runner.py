@@ -285,12 +285,17 @@ class CopyRun:
     def group_size(self, waiting: int) -> int:
         """Jobs per call, of `waiting`: one, until the workers report that they wait on the
         storage (their thread limit grew, pcopy.threads); then enough that their threads span
-        directories, spread over the workers without a call (all of them, when none has one).
-        What waits is spread over the idle workers, not queued behind busy ones: a directory's
-        creates and renames queue on its lock, so its time hardly depends on its share of
-        threads, and a second call queued behind a worker's first would add a round."""
-        idle = self.config.jobs - self.executor.running()  # (0 or less: all busy)
-        fair = -(-waiting // (idle if idle > 0 else self.config.jobs))
+        directories. Writing to slow storage (lock_bound), what waits is spread over the idle
+        workers (all of them, when none is idle), one call each: a directory's creates and
+        renames queue on its lock, so its time hardly depends on its share of threads, and a
+        second call queued behind a worker's first would add a round. Otherwise no more than
+        leaves every worker two calls of what waits (reads scale within a directory: smaller
+        calls balance better)."""
+        if self.lock_bound():
+            idle = self.config.jobs - self.executor.running()  # (0 or less: all busy)
+            fair = -(-waiting // (idle if idle > 0 else self.config.jobs))
+        else:
+            fair = -(-waiting // (2 * self.config.jobs))
         return max(1, min(threads.group_size(self.executor.threads), fair, waiting))
 
     def submit_group(self, jobs: list[DirJob] | list[ScanJob]) -> None:

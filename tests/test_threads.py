@@ -93,18 +93,20 @@ def test_group_size_spans_directories_once_threads_grow() -> None:
     assert threads.group_size(64) == threads.MAX_GROUP
 
 
-@pytest.mark.parametrize(("limit", "running", "waiting", "expected"), [
-    (1, 0, 50, 1),  # a page cache: one job per call
-    (64, 0, 50, 7),  # 50 directories over 8 idle workers: 7, 7, ... (one round, not two)
-    (64, 7, 1, 1),
-    (64, 6, 50, 16),  # two idle workers: as many as the thread limit lets one call hold
-    (64, 8, 50, 7),  # none idle: spread as if all were (the call waits for the first free one)
-    (8, 0, 50, 2),  # at 8 threads, 2 directories per call (4 threads each)
+@pytest.mark.parametrize(("slow_dst", "limit", "running", "waiting", "expected"), [
+    (True, 1, 0, 50, 1),  # not waiting on the storage: one job per call
+    (True, 64, 0, 50, 7),  # writing: 50 directories over 8 idle workers: 7, 7, ... (one round)
+    (True, 64, 7, 1, 1),
+    (True, 64, 6, 50, 16),  # two idle workers: as many as the thread limit lets one call hold
+    (True, 64, 8, 50, 7),  # none idle: spread as if all were (the call goes to the first free one)
+    (True, 8, 0, 50, 2),  # at 8 threads, 2 directories per call (4 threads each)
+    (False, 64, 0, 50, 4),  # reading: two calls per worker of what waits
 ])
-def test_calls_spread_what_waits_over_the_idle_workers(limit: int, running: int, waiting: int,
+def test_calls_spread_what_waits_over_the_idle_workers(slow_dst: bool, limit: int, running: int, waiting: int,
                                                        expected: int) -> None:
-    run = SimpleNamespace(config=SimpleNamespace(jobs=8),
+    run = SimpleNamespace(config=SimpleNamespace(jobs=8), options=SimpleNamespace(slow_dst=slow_dst),
                           executor=SimpleNamespace(threads=limit, running=lambda: running))
+    run.lock_bound = lambda: CopyRun.lock_bound(run)  # type: ignore[arg-type]
     assert CopyRun.group_size(run, waiting) == expected  # type: ignore[arg-type]
 
 
