@@ -198,13 +198,7 @@ class CopyRun:
                 self.scans_out[scan.job_id] = scan
                 self.executor.run_here(scan)
             elif self.scans and not self.walk_here and (len(self.dir_jobs) < DIR_JOBS_AHEAD or not self.dir_jobs):
-                if (self.config.engine == "local" and self.all_busy() and self.lock_bound()
-                        and not self.scans[0].check_dst):
-                    # Every worker has a call: a listing sent now would wait behind their copying
-                    # (a second or more each on slow storage), one level of the tree per wait
-                    # (depth 8: 7.8 s instead of 4.8). Listed here, its names go to the workers.
-                    # (Not an existing directory's: a re-run's listings are quick in a worker,
-                    # and its names are best compared where they are listed.)
+                if self.list_here(self.scans[0]):
                     scan = self.scans.popleft()._replace(copy_names=False)
                     self.scans_out[scan.job_id] = scan
                     self.executor.run_here(scan)
@@ -271,6 +265,20 @@ class CopyRun:
             self.scans.append(self.planner.scan_job(
                 entry.src, entry.rel, found.dst, there is not None, may_hold_leftovers(there, entry.mtime_ns),
                 found.ancestors))
+
+    def list_here(self, scan: ScanJob) -> bool:
+        """Whether the parent lists this directory itself: writing to slow storage, a directory
+        this run made, every worker with a call. A listing sent then would wait behind their
+        copying (a second or more each), one level of the tree per wait (the issue's tree, depth
+        8: 7.8 s instead of 4.8); listed here, its names go to the workers. (An existing
+        directory's listing stays in a worker: a re-run's is quick there, and its names are
+        best compared where they are listed.)"""
+        if self.config.engine != "local" or not self.lock_bound() or scan.check_dst:
+            return False
+        # Results that came in meanwhile free their workers: a walk that lists one directory
+        # after another here must not leave them idle.
+        self.executor.wait(block=False)
+        return self.all_busy()
 
     def all_busy(self) -> bool:
         """Every worker has a call (a call sent now would wait for one of them)."""
