@@ -105,6 +105,10 @@ def _open_directory(path: str, nearest: bool) -> tuple[str, int | None]:
     cannot be opened (Windows), or this one is unreadable or missing. Opening it is the only
     call that names the path: on slow storage every stat by path is round trips of its own."""
     there = os.path.abspath(path)
+    if not _O_DIRECTORY:  # (Windows: opening tells no directory from a file, nor opens one)
+        while nearest and not os.path.isdir(there) and os.path.dirname(there) != there:
+            there = os.path.dirname(there)
+        return _directory_of(there), None
     while True:
         try:
             return there, os.open(there, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)

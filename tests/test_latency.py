@@ -134,3 +134,14 @@ def test_slow_mount_every_kind_is_a_round_trip(mount: SlowMount) -> None:
     kinds = probe_kinds(mount.mountpoint / "k", samples=2)
     assert {"fstatvfs", "reopen", "scandir"} <= set(kinds)
     assert all(s >= DELAY_MS / 1000 for s in kinds.values())
+
+
+def test_without_o_directory_a_file_or_missing_path_probes_a_directory(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where directories cannot be opened apart from files (Windows: no O_DIRECTORY), the probe
+    finds the directory by stat instead: a file's own, a missing path's nearest (nearest=True)."""
+    monkeypatch.setattr(latency, "_O_DIRECTORY", 0)
+    (tmp_path / "f").write_bytes(b"x")
+    assert latency._open_directory(str(tmp_path / "f"), nearest=False) == (str(tmp_path), None)
+    assert latency._open_directory(str(tmp_path / "no" / "such"), nearest=True) == (str(tmp_path), None)
+    assert probe_latency(tmp_path / "f") is not None  # (scandir of the directory, timed)
