@@ -6,6 +6,7 @@ file. Skipped where FUSE cannot be used (benchmarks/slowfs/setup.sh installs wha
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -110,3 +111,22 @@ def test_default_workers_grow_on_slow_storage_only(mount: SlowMount, src: Path, 
     assert (slow.config.jobs, local.config.jobs, given.config.jobs) == (2 * SLOW_JOBS_PER_CPU, 2, 2)
     for run in (slow, local, given):
         run.executor.close(terminate=True)
+
+
+def test_a_deep_tree_goes_to_slow_storage_whole(mount: SlowMount, tmp_path: Path) -> None:
+    """Depth 5 with files at every level: the walk's listings go to idle workers, to the parent
+    while every worker copies, and hand their names back for groups (pcopy.runner.list_here,
+    lock_bound); every entry arrives, directory metadata included, nothing temporary is left."""
+    root = tmp_path / "deep"
+    for branch in itertools.product("ab", repeat=4):
+        for depth in range(len(branch) + 1):
+            here = root.joinpath(*branch[:depth])
+            here.mkdir(parents=True, exist_ok=True)
+            for i in range(3):
+                (here / f"f{i}").write_bytes(os.urandom(50 + i))
+    os.chmod(root / "a" / "b", 0o750)
+    before = snapshot(root)
+    report = pcopy(str(root), str(mount.mountpoint / "deep"))
+    assert report["failed"] == 0 and report["files"] == sum(len(f) for _, _, f in os.walk(root))
+    assert_same_tree(before, mount.backing / "deep", atime=False)
+    assert temp_leftovers(mount.backing / "deep") == []
