@@ -206,7 +206,19 @@ _AT_CALLS = ({os.stat, os.chmod, os.utime} <= os.supports_dir_fd
 # Linux gives a new directory the creator's group, or its parent's where the parent is
 # set-group-ID (BSD and macOS: always the parent's).
 _SYSV_GROUPS = sys.platform.startswith("linux")
-_ROOT_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_PATH", os.O_RDONLY)
+# Linux: a directory opened only to name entries in it (O_PATH) is not opened on the file
+# system: FUSE and network file systems see no OPENDIR/RELEASEDIR for it (two round trips per
+# directory of a re-run). It is never read: listings go by path.
+_DIR_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_PATH", os.O_RDONLY)
+
+
+def open_dir(path: str) -> int | None:
+    """A descriptor of the directory path to name entries relative to (*at calls), or None
+    where it cannot be opened (then callers use full paths)."""
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except OSError:
+        return None
 
 
 class _RootRelative:
@@ -218,11 +230,7 @@ class _RootRelative:
         self.fd: int | None = None
 
     def __enter__(self) -> _RootRelative:
-        if self.root and _AT_CALLS:
-            try:
-                self.fd = os.open(self.root, _ROOT_FLAGS)
-            except OSError:
-                self.fd = None  # (unreadable without O_PATH): full paths
+        self.fd = open_dir(self.root) if self.root and _AT_CALLS else None
         return self
 
     def __exit__(self, *exc: object) -> None:

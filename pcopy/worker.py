@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol
 from pcopy import bwlimit, threads
 from pcopy.backup import back_up
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
+from pcopy.dirs import open_dir
 from pcopy.errors import WorkerStop
 from pcopy.fastcopy import copy_positional, copy_range, data_segments, digest_range, is_sparse
 from pcopy.jobs import (
@@ -534,19 +535,8 @@ _AT_CALLS = (hasattr(os, "O_DIRECTORY") and {os.open, os.stat, os.rename, os.unl
              and os.stat in os.supports_follow_symlinks)
 
 
-# Linux: a directory opened only to name files in it (O_PATH) is not opened on the file system:
-# FUSE and network file systems see no OPENDIR/RELEASEDIR for it (two round trips per directory
-# of a re-run). It is never read: listings go by path.
-_DIR_FLAGS = os.O_DIRECTORY | O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
-
-
 def _open_dir(path: str) -> int | None:
-    if not _AT_CALLS:
-        return None
-    try:
-        return os.open(path, _DIR_FLAGS)
-    except OSError:
-        return None
+    return open_dir(path) if _AT_CALLS else None
 
 
 def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_bytes: Callable[[int], None],

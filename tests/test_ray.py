@@ -38,6 +38,10 @@ import pcopy
 from pcopy import raypool
 from pcopy.errors import RefusedError
 
+# The by-hand Ray scripts' helpers (benchmarks/ray_common.py; it imports Ray only when called).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from ray_common import writing
+
 # Ray is imported by the cluster fixture, not here: collecting this module must not import it
 # into the pytest process that every other module's tests fork from (~0.4 s and hundreds of
 # MiB; test_pool's "workers leave within 1 s of their parent's SIGKILL" failed in full runs).
@@ -290,18 +294,6 @@ def test_worker_sigkilled_mid_copy_gives_a_complete_copy(cluster: RayCluster, sl
     assert_same_tree(slow_src, dst)
 
 
-def writing(pids: list[int], root: Path) -> bool:
-    """Whether one of the processes has a temporary file under root open."""
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith(str(root) + os.sep) and is_temp_name(os.fsencode(os.path.basename(target))):
-                        return True
-    return False
-
-
 def test_node_lost_mid_copy_gives_a_complete_copy(cluster: RayCluster, tmp_path: Path) -> None:
     """A third node joins, takes one of the three workers, and goes down while that worker
     writes, as a machine does: its raylet SIGKILLed, then its workers. Ray's node table calls
@@ -320,7 +312,7 @@ def test_node_lost_mid_copy_gives_a_complete_copy(cluster: RayCluster, tmp_path:
     proc = start_cli(cluster, src, dst, "--json", "--buffer-size", "4", jobs=3)
     try:
         deadline = time.monotonic() + 30
-        while not (doomed := ray_workers(marker)) or not writing(doomed, dst):
+        while not (doomed := ray_workers(marker)) or not writing(doomed, str(dst)):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no worker on the third node writing mid-copy"
             time.sleep(0.01)
