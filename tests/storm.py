@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -107,6 +108,23 @@ class Trial:
     # The signal came before pcopy's first line had run (the interpreter was still starting):
     # see handles_sigterm. Only the weaker guarantees hold there (docs/interruption.md).
     before_pcopy: bool = False
+    # The twice row's second SIGINT: when it was sent, and whether pcopy's handlers were in place.
+    second: tuple[int, float] | None = None
+    second_before_pcopy: bool = False
+
+
+# Python 3.11's site, running a .pth file's import line (an editable install's finder imports
+# pathlib), wraps a KeyboardInterrupt that lands in a class body's __set_name__ in a RuntimeError,
+# reports it as below and goes on starting: the SIGINT is lost before pcopy's first line runs.
+STARTUP_REPORT = re.compile(r"Error processing line \d+ of [^\n]*\.pth:\n.*?\nRemainder of file ignored\n", re.DOTALL)
+
+
+def startup_reports(err: str) -> tuple[int, str]:
+    """How many of site's reports of a swallowed KeyboardInterrupt begin err, and the rest."""
+    taken = 0
+    while (match := STARTUP_REPORT.match(err)) and "KeyboardInterrupt" in match.group(0):
+        taken, err = taken + 1, err[match.end():]
+    return taken, err
 
 
 def handles_sigterm(pid: int) -> bool:
@@ -187,6 +205,8 @@ class Storm:
                 os.killpg(proc.pid, sig)
                 if row == "twice":
                     time.sleep(rng.uniform(0, 0.1))
+                    trial.second_before_pcopy = not handles_sigterm(proc.pid)
+                    trial.second = signal.SIGINT, time.monotonic()
                     os.killpg(proc.pid, signal.SIGINT)
                 return sig, now
             if row == "kill-parent":
@@ -217,6 +237,15 @@ class Storm:
                ended: float, err: str, dst: Path) -> None:
         problems = trial.problems
         code = proc.returncode
+        taken, rest = startup_reports(err)
+        if taken and trial.before_pcopy and row in ("int", "group-int", "twice"):
+            # Python's site took the first SIGINT before pcopy's first line and went on starting
+            # (see startup_reports): pcopy itself saw only what came after it.
+            err = rest
+            if row == "twice" and trial.second is not None and taken == 1:
+                first, trial.before_pcopy = trial.second, trial.second_before_pcopy
+            else:
+                first, trial.before_pcopy = None, False
         if trial.before_pcopy and code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
             # pcopy's handler answered, so its handlers were in place when the signal landed:
             # the storm was descheduled between reading /proc and sending it (a loaded machine).

@@ -48,3 +48,35 @@ def test_signal_storm(storm_src: Path, tmp_path: Path) -> None:
               for t in trials if t.problems]
     assert not failed, f"seed {seed}: {len(failed)} of {len(trials)} trials failed:\n" + "\n".join(failed)
     assert min(per_row.values()) >= MIN_TRIALS_PER_ROW, per_row
+
+
+# What Python 3.11's site printed when a storm's first SIGINT landed while it ran the editable
+# install's .pth line (a CI run), followed by pcopy's own line for the second SIGINT.
+SITE_REPORT = """Error processing line 1 of /v/lib/python3.11/site-packages/__editable__.pcopy-0.1.0.pth:
+
+  Traceback (most recent call last):
+    File "/usr/lib/python3.11/functools.py", line 972, in __set_name__
+      def __set_name__(self, owner, name):
+
+  KeyboardInterrupt
+
+  The above exception was the direct cause of the following exception:
+
+  Traceback (most recent call last):
+    File "<frozen site>", line 186, in addpackage
+    File "/usr/lib/python3.11/ipaddress.py", line 672, in <module>
+      class _BaseNetwork(_IPAddressBase):
+  RuntimeError: Error calling __set_name__ on 'cached_property' instance 'broadcast_address' in '_BaseNetwork'
+
+Remainder of file ignored
+"""
+PCOPY_LINE = "pcopy: interrupted by SIGINT; temporary files removed, files under final names are complete\n"
+
+
+def test_startup_reports_are_told_apart() -> None:
+    assert storm.startup_reports(SITE_REPORT + PCOPY_LINE) == (1, PCOPY_LINE)
+    assert storm.startup_reports(SITE_REPORT * 2) == (2, "")
+    # Only a report at the start, of a KeyboardInterrupt: anything else stays for the checks.
+    assert storm.startup_reports(PCOPY_LINE + SITE_REPORT) == (0, PCOPY_LINE + SITE_REPORT)
+    other = SITE_REPORT.replace("KeyboardInterrupt", "ImportError")
+    assert storm.startup_reports(other) == (0, other)
