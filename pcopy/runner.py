@@ -60,6 +60,7 @@ from pcopy.latency import storage_options
 from pcopy.metadata import (
     remove_leftovers,
 )
+from pcopy.opendirs import HELD
 from pcopy.plan import Planner, SplitFile, options_for
 from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
@@ -160,6 +161,8 @@ class CopyRun:
             self.temps.remove_all()
             self.splits.forget()
             raise
+        finally:
+            HELD.clear()  # the directories this process held for the run (pcopy.opendirs)
         self.report.seconds = time.perf_counter() - start
         return self.report
 

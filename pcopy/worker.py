@@ -15,7 +15,6 @@ from typing import Any, NamedTuple, Protocol
 from pcopy import bwlimit, threads
 from pcopy.backup import back_up
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
-from pcopy.dirs import open_dir
 from pcopy.errors import WorkerStop
 from pcopy.fastcopy import copy_positional, copy_range, data_segments, digest_range, is_sparse
 from pcopy.jobs import (
@@ -69,6 +68,7 @@ from pcopy.metadata import (
     temp_mode,
     temp_path,
 )
+from pcopy.opendirs import HELD
 from pcopy.partial import open_partial, resumable
 from pcopy.scan import scan_dir
 from pcopy.walk import kind_of
@@ -103,6 +103,7 @@ def init_worker(progress_queue: ProgressQueue | None = None) -> None:
     queue comes here once per worker rather than with every job: unpickling a Manager proxy
     costs a round trip."""
     global _worker_queue
+    HELD.clear()  # (a forked worker's copies of what its parent held)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _worker_queue = progress_queue
@@ -536,7 +537,8 @@ _AT_CALLS = (hasattr(os, "O_DIRECTORY") and {os.open, os.stat, os.rename, os.unl
 
 
 def _open_dir(path: str) -> int | None:
-    return open_dir(path) if _AT_CALLS else None
+    # Relative to a directory an earlier job of this run left held, where there is one.
+    return HELD.open(path) if _AT_CALLS else None
 
 
 def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_bytes: Callable[[int], None],

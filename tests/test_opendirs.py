@@ -1,0 +1,110 @@
+"""pcopy.opendirs: directories held open for a run, the next one opened relative to the nearest
+held ancestor. Each descriptor handed out names the right directory, none leaks, and the held
+set stays within its limit, from several threads at once."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from pcopy.opendirs import OpenDirs, _ancestors
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECTORY") or sys.platform == "win32",
+                                reason="directories are opened for *at calls on POSIX only")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+
+
+def same_dir(fd: int, path: Path) -> bool:
+    held, there = os.fstat(fd), os.stat(path)
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+def test_ancestors_from_the_top() -> None:
+    assert _ancestors("/a/b") == ["/", "/a", "/a/b"]
+    assert _ancestors("a/b/") == ["a", "a/b"]
+    assert _ancestors("/") == ["/"]
+
+
+def test_each_component_is_held_and_the_next_directory_starts_below(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (tmp_path / "a" / "b" / "d").mkdir()
+    dirs = OpenDirs()
+    fd = dirs.open(str(deep))
+    assert fd is not None and same_dir(fd, deep)
+    os.close(fd)
+    assert {str(tmp_path / "a"), str(tmp_path / "a" / "b"), str(deep)} <= set(dirs.held)
+    # Renamed away, a/b's held descriptor still names the directory it opened: d is found
+    # through it (no path resolution from the top), the proof that it was used.
+    os.rename(tmp_path / "a", tmp_path / "moved")
+    fd = dirs.open(str(tmp_path / "a" / "b" / "d"))
+    assert fd is not None and same_dir(fd, tmp_path / "moved" / "b" / "d")
+    os.close(fd)
+    dirs.clear()
+    assert dirs.open(str(tmp_path / "a" / "b" / "d")) is None  # gone from the path once let go
+
+
+def test_relative_paths_and_trailing_separators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "x" / "y").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    dirs = OpenDirs()
+    for path in ("x/y/", "x/y", "x"):
+        fd = dirs.open(path)
+        assert fd is not None and same_dir(fd, tmp_path / path)
+        os.close(fd)
+    assert set(dirs.held) == {"x", "x/y"}
+    dirs.clear()
+
+
+def test_no_descriptor_leaks_and_the_limit_holds(tmp_path: Path) -> None:
+    for i in range(20):
+        (tmp_path / f"d{i}" / "sub").mkdir(parents=True)
+    before = open_fds()
+    dirs = OpenDirs(limit=5)
+    for i in range(20):
+        fd = dirs.open(str(tmp_path / f"d{i}" / "sub"))
+        assert fd is not None and same_dir(fd, tmp_path / f"d{i}" / "sub")
+        os.close(fd)
+        assert len(dirs.held) <= 5
+    assert dirs.open(str(tmp_path / "missing" / "sub")) is None
+    assert dirs.open(str(tmp_path / "d0" / "sub" / "missing")) is None
+    (tmp_path / "file").write_text("")
+    assert dirs.open(str(tmp_path / "file")) is None  # not a directory
+    assert open_fds() == before + len(dirs.held)
+    dirs.clear()
+    assert open_fds() == before and not dirs.held
+
+
+def test_threads_at_once(tmp_path: Path) -> None:
+    paths = [tmp_path / f"t{i % 7}" / f"s{i % 5}" / f"u{i % 3}" for i in range(60)]
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+    before = open_fds()
+    dirs = OpenDirs(limit=8)  # small: eviction races with opening relative to what is evicted
+    wrong: list[Path] = []
+
+    def work(offset: int) -> None:
+        for k in range(200):
+            path = paths[(k * 7 + offset) % len(paths)]
+            fd = dirs.open(str(path))
+            if fd is None or not same_dir(fd, path):
+                wrong.append(path)
+            if fd is not None:
+                os.close(fd)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    assert not wrong
+    assert len(dirs.held) <= 8
+    dirs.clear()
+    assert open_fds() == before
