@@ -17,6 +17,7 @@ import pcopy.threads
 from pcopy.config import Config
 from pcopy.jobs import STEP_COMPARE, STEP_METADATA, STEP_MKDIR, CopyFailure, EntryTask, FoundDir, JobResult, Kind
 from pcopy.metadata import apply_metadata, copy_xattrs, current_umask, masked_mode
+from pcopy.opendirs import OpenDirs, open_dir
 from pcopy.report import CopyReport
 from pcopy.target import dst_refused
 from pcopy.walk import Entry
@@ -25,6 +26,9 @@ from pcopy.walk import Entry
 # or four round trips (chown, chmod, utime; a stat on a re-run), one directory after another
 # 16 ms at 1 ms per request.
 FINISH_THREADS = 16
+# Directories held open while existing ones are stat'ed top-down (Directories._look): a level's
+# parents, for their children (wider levels fall back to a farther ancestor: correct, dearer).
+LOOK_HELD = 256
 
 
 class NotADirectory(Exception):
@@ -126,13 +130,47 @@ class Directories:
             return
         with _RootRelative(next((dst for dst, entry in self.made if not entry.rel), "")) as at:
             owners = self._known_owners(at)
+            found = self._look(threads, at)
             if threads <= 1:
                 for dst, entry in reversed(self.made):
-                    self._finish_one(dst, entry, at, owners.get(entry.rel))
+                    self._finish_one(dst, entry, at, owners.get(entry.rel), found.get(entry.rel))
                 return
             for level in _deepest_first(self.made):
-                pcopy.threads.each(level, lambda item, _part: self._finish_one(*item, at, owners.get(item[1].rel)),
-                                   JobResult(0), threads=min(threads, len(level)))
+                pcopy.threads.each(level, lambda item, _part: self._finish_one(
+                    *item, at, owners.get(item[1].rel), found.get(item[1].rel)),
+                    JobResult(0), threads=min(threads, len(level)))
+
+    def _look(self, threads: int, at: _RootRelative) -> dict[str, os.stat_result]:
+        """The stat of each directory that existed before the run, by rel path, for the check
+        whether it is up to date: taken top-down (a depth at a time), each directory opened
+        relative to its parent, held open meanwhile. On a network file system that is three
+        round trips (the parent's GETATTR, the LOOKUP, the fstat's GETATTR) at any depth, where
+        a stat by path from DST's root costs two per component."""
+        if not _AT_CALLS or not self._checks_up_to_date() or len(self.fresh) == len(self.made):
+            return {}
+        existing = [item for item in self.made if item[1].rel not in self.fresh]
+        found: dict[str, os.stat_result] = {}
+        held = OpenDirs(LOOK_HELD)
+        if at.fd is not None:
+            held.adopt(at.root, os.dup(at.fd))
+
+        def look(item: tuple[str, Entry], _part: JobResult) -> None:
+            fd = held.open(item[0])
+            if fd is None:
+                return  # (_up_to_date stats it by path)
+            try:
+                found[item[1].rel] = os.fstat(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+        try:
+            for level in reversed(_deepest_first(existing)):
+                pcopy.threads.each(level, look, JobResult(0), threads=min(threads, len(level)))
+        finally:
+            held.clear()
+        return found
 
     def _known_owners(self, at: _RootRelative) -> dict[str, tuple[int, int]]:
         """The (uid, gid) of directories known without asking the file system, by rel path: DST's
@@ -155,7 +193,8 @@ class Directories:
                 owners[entry.rel] = made
         return owners
 
-    def _finish_one(self, dst: str, entry: Entry, at: _RootRelative, owner: tuple[int, int] | None) -> None:
+    def _finish_one(self, dst: str, entry: Entry, at: _RootRelative, owner: tuple[int, int] | None,
+                    found: os.stat_result | None) -> None:
         config = self.config
         mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, current_umask())
         task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
@@ -166,7 +205,7 @@ class Directories:
             keep_owner = keep_owner and entry.uid != owner[0]
             keep_group = keep_group and entry.gid != owner[1]
         try:
-            if entry.rel not in self.fresh and self._up_to_date(name, dir_fd, task):
+            if entry.rel not in self.fresh and self._up_to_date(name, dir_fd, task, found):
                 return  # an up-to-date re-run writes nothing, not even directory times
             if config.preserve_xattrs:
                 copy_xattrs(entry.src, dst, follow_symlinks=True)
@@ -177,13 +216,17 @@ class Directories:
         except OSError as exc:  # (list.append: safe from several threads)
             self.report.failures.append(CopyFailure.of(dst, exc, STEP_METADATA))
 
-    def _up_to_date(self, name: str, dir_fd: int | None, task: EntryTask) -> bool:
+    def _checks_up_to_date(self) -> bool:
+        """Whether an existing directory can be left alone (else its metadata is always set)."""
+        return not self.config.preserve_xattrs and self.config.preserve_times
+
+    def _up_to_date(self, name: str, dir_fd: int | None, task: EntryTask, found: os.stat_result | None) -> bool:
         """An existing directory whose mode, mtime (and owner, where kept) already match and
         into which this run wrote nothing (its mtime would have moved). Extended attributes
-        are always re-applied."""
-        if self.config.preserve_xattrs or not self.config.preserve_times:
+        are always re-applied. found: its stat taken after the copy (_look), or None."""
+        if not self._checks_up_to_date():
             return False
-        st = os.stat(name, dir_fd=dir_fd)
+        st = found if found is not None else os.stat(name, dir_fd=dir_fd)
         return (stat.S_IMODE(st.st_mode) == stat.S_IMODE(task.mode) and st.st_mtime_ns == task.mtime_ns
                 and (not self.preserve_owner or st.st_uid == task.uid)
                 and (not self.preserve_group or st.st_gid == task.gid))
@@ -206,21 +249,6 @@ _AT_CALLS = ({os.stat, os.chmod, os.utime} <= os.supports_dir_fd
 # Linux gives a new directory the creator's group, or its parent's where the parent is
 # set-group-ID (BSD and macOS: always the parent's).
 _SYSV_GROUPS = sys.platform.startswith("linux")
-# Linux: a directory opened only to name entries in it (O_PATH) is not opened on the file
-# system: FUSE and network file systems see no OPENDIR/RELEASEDIR for it (two round trips per
-# directory of a re-run). It is never read: listings go by path.
-_DIR_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_PATH", os.O_RDONLY)
-
-
-def open_dir(path: str) -> int | None:
-    """A descriptor of the directory path to name entries relative to (*at calls), or None
-    where it cannot be opened (then callers use full paths)."""
-    try:
-        return os.open(path, _DIR_FLAGS)
-    except OSError:
-        return None
-
-
 class _RootRelative:
     """DST's root held open, so a directory below it is named (root fd, relative path)."""
 

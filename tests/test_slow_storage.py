@@ -130,3 +130,11 @@ def test_a_deep_tree_goes_to_slow_storage_whole(mount: SlowMount, tmp_path: Path
     assert report["failed"] == 0 and report["files"] == sum(len(f) for _, _, f in os.walk(root))
     assert_same_tree(before, mount.backing / "deep", atime=False)
     assert temp_leftovers(mount.backing / "deep") == []
+    # Its up-to-date re-run: directories are opened relative to held ancestors and stat'ed
+    # top-down from their parents (pcopy.opendirs), not by paths from the top of the mount at
+    # every depth. Requests per file, measured: 9.7 before that, 6.5 after; rsync -a 7.9.
+    mount.reset()
+    report = pcopy(str(root), str(mount.mountpoint / "deep"))
+    assert (report["files"], report["failed"]) == (0, 0)
+    rerun = mount.counters()
+    assert total_ops(rerun) / report["skipped"] < 7.5, str({k: v for k, v in rerun["ops"].items() if v})
