@@ -10,12 +10,13 @@ which moves through the tree with chdir; this is the same saving without a proce
 Held descriptors name directories only (O_PATH on Linux: the file system sees no open) and are
 never read through. A run's directories keep their identity for its duration (pcopy makes or
 replaces a directory before any job opens it), so a path held earlier in the run still names
-the same directory. Hold them for one run only: clear() at its end (the parent) or when a
-worker starts (a forked worker inherits its parent's).
+the same directory. Hold them for one run only: clear() at its end; a forked worker lets go of
+what it inherited (forget_inherited, at the fork).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -105,6 +106,15 @@ class OpenDirs:
             while self.held:
                 os.close(self.held.popitem()[1])
 
+    def forget_inherited(self) -> None:
+        """In a forked child: let go of the parent's, without its lock (a thread of the parent
+        may have held it at the fork, and that thread does not exist here)."""
+        self.lock = threading.Lock()
+        inherited, self.held = self.held, OrderedDict()
+        for fd in inherited.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
 
 def _ancestors(path: str) -> list[str]:
     """path and the directories above it, from the top down: "/a/b" -> ["/", "/a", "/a/b"];
@@ -120,3 +130,5 @@ def _ancestors(path: str) -> list[str]:
 # The process's held directories: the workers' jobs (pcopy.worker) and the parent's own (jobs it
 # runs itself, the directory finish).
 HELD = OpenDirs()
+if hasattr(os, "register_at_fork"):  # (a pool worker, a respawned one too, forked mid-run)
+    os.register_at_fork(after_in_child=HELD.forget_inherited)

@@ -103,7 +103,6 @@ def init_worker(progress_queue: ProgressQueue | None = None) -> None:
     queue comes here once per worker rather than with every job: unpickling a Manager proxy
     costs a round trip."""
     global _worker_queue
-    HELD.clear()  # (a forked worker's copies of what its parent held)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _worker_queue = progress_queue

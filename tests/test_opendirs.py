@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,29 @@ def test_threads_at_once(tmp_path: Path) -> None:
     assert len(dirs.held) <= 8
     dirs.clear()
     assert open_fds() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_worker_starts_empty_even_with_the_lock_held_at_the_fork(tmp_path: Path) -> None:
+    """A pool worker (respawned mid-run too) is forked while a thread of the parent may be in
+    HELD.open: the child must neither inherit the lock held nor the parent's descriptors."""
+    from pcopy.opendirs import HELD
+
+    fd = HELD.open(str(tmp_path))
+    assert fd is not None
+    os.close(fd)
+    with HELD.lock:  # as the parent's thread would hold it
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 if it can use HELD at once and holds nothing inherited
+            fresh = not HELD.held
+            child_fd = HELD.open(str(tmp_path))
+            os._exit(0 if fresh and child_fd is not None else 1)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the lock its parent held")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    HELD.clear()
