@@ -17,7 +17,7 @@ import pcopy.threads
 from pcopy.config import Config
 from pcopy.jobs import STEP_COMPARE, STEP_METADATA, STEP_MKDIR, CopyFailure, EntryTask, FoundDir, JobResult, Kind
 from pcopy.metadata import apply_metadata, copy_xattrs, current_umask, masked_mode
-from pcopy.opendirs import OpenDirs, open_dir
+from pcopy.opendirs import HELD, OpenDirs
 from pcopy.report import CopyReport
 from pcopy.target import dst_refused
 from pcopy.walk import Entry
@@ -53,7 +53,8 @@ def prepare_dir(dst: str, *, dry_run: bool, parents: bool = False, look_first: b
     st: os.stat_result | None = None
     if dry_run or look_first:
         try:
-            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
+            st = (_held_stat(dst) if parents and at is None
+                  else os.stat(name, dir_fd=dir_fd, follow_symlinks=follow))
         except FileNotFoundError:
             if dry_run:
                 return None
@@ -68,6 +69,19 @@ def prepare_dir(dst: str, *, dry_run: bool, parents: bool = False, look_first: b
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectory(dst)
     return st
+
+
+def _held_stat(path: str) -> os.stat_result:
+    """stat (following symlinks) of DST's root through a descriptor held for the run
+    (pcopy.opendirs): the parent's jobs and the directory finish then start from it instead of
+    resolving DST's path again (two round trips per component on a network file system)."""
+    fd = HELD.open(path) if _AT_CALLS else None
+    if fd is None:
+        return os.stat(path)  # (missing, not a directory, or no *at calls: as before)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def may_hold_leftovers(there: os.stat_result | None, src_mtime_ns: int) -> bool:
@@ -258,7 +272,7 @@ class _RootRelative:
         self.fd: int | None = None
 
     def __enter__(self) -> _RootRelative:
-        self.fd = open_dir(self.root) if self.root and _AT_CALLS else None
+        self.fd = HELD.open(self.root) if self.root and _AT_CALLS else None  # (held since prepare_dir)
         return self
 
     def __exit__(self, *exc: object) -> None:

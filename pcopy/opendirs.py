@@ -27,15 +27,6 @@ from collections import OrderedDict
 DIR_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_PATH", os.O_RDONLY)
 
 
-def open_dir(path: str) -> int | None:
-    """A descriptor of the directory path to name entries relative to (*at calls), or None
-    where it cannot be opened (then callers use full paths)."""
-    try:
-        return os.open(path, DIR_FLAGS)
-    except OSError:
-        return None
-
-
 # Enough for the ancestors of what a worker's jobs are in at once, well below a default
 # descriptor limit (1,024 on Linux) with everything else a worker has open.
 HELD_DIRS = 64
