@@ -35,7 +35,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
-from pcopy import bwlimit, threads
+from pcopy import bwlimit, interrupts, threads
 from pcopy.backup import mirror_rules
 from pcopy.backup import prepare as prepare_backups
 from pcopy.config import SLOW_JOBS_PER_CPU, Config
@@ -143,6 +143,7 @@ class CopyRun:
                 self.progress.walk_done()
                 self.settle()
                 self.hard_links.make_all(self.planner.links)  # before the bar closes: it counts them
+                interrupts.check()
                 ok = True
             finally:
                 self.executor.close(terminate=not ok)
@@ -157,6 +158,7 @@ class CopyRun:
                 # Before directory metadata: removing entries changes their directories' mtimes.
                 mirror(self.mirror_target, self.config, self.report, self.options)
             self.directories.finish(threads=FINISH_THREADS if self.options.slow_dst else 1)
+            interrupts.check()  # (a signal whose raise was dropped: the copy is not a success)
         except BaseException:  # interrupted (or a bug): no temporary file of ours stays behind
             self.temps.remove_all()
             self.splits.forget()
@@ -171,6 +173,7 @@ class CopyRun:
         until every directory has been listed)."""
         executor = self.executor
         while True:
+            interrupts.check()
             self.submit_waiting()
             if walk_only and not self.scans_out and not self.walk_stack:
                 return

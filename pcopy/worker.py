@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -95,6 +96,20 @@ def _on_sigterm(signum: int, frame: object) -> None:
     os._exit(128 + signum)  # idle between jobs: nothing to clean up
 
 
+_stop_dropped = False  # _Terminated was raised where Python drops exceptions (_unraisable)
+
+
+def _unraisable(args: Any) -> None:
+    """sys.unraisablehook in a worker: a SIGTERM whose _Terminated landed in a __del__ or a
+    weakref callback (importlib's module locks have one) is printed as "Exception ignored" and
+    lost. Not printed: the worker leaves once its job ends, as the parent asked."""
+    global _stop_dropped
+    if isinstance(args.exc_value, _Terminated):
+        _stop_dropped = True
+        return
+    sys.__unraisablehook__(args)
+
+
 def init_worker(progress_queue: ProgressQueue | None = None) -> None:
     """Pool initializer (it runs before the worker lets signals in, see pool.serve). The parent
     alone decides what an interrupt means: workers ignore SIGINT (a Ctrl-C reaches the whole
@@ -105,6 +120,7 @@ def init_worker(progress_queue: ProgressQueue | None = None) -> None:
     global _worker_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _unraisable
     _worker_queue = progress_queue
 
 
@@ -190,6 +206,8 @@ def run_job(job: Job, queue: ProgressQueue | None = None) -> JobResult:
         threads.on_wait(progress.flush if progress is not None else None)
         result = _run_group(job, progress) if isinstance(job, GroupJob) else _run_one(job, progress)
         result.threads = threads.concurrency.limit  # what the parent groups jobs by
+        if _stop_dropped:
+            raise _Terminated
         return result
     except _Terminated:
         remove_made_temps()  # (on the way out each thread removed its own, as far as it knew it)

@@ -210,10 +210,12 @@ def _restore_signal_handlers() -> Iterator[None]:
     import signal
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook  # (the guard's, for interrupts raised where they would be dropped)
     yield
     for sig, handler in saved.items():
         if signal.getsignal(sig) is not handler and handler is not None:
             signal.signal(sig, handler)
+    sys.unraisablehook = hook
 
 
 def pc(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
