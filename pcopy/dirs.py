@@ -9,6 +9,7 @@ mtimes set after the last write into them).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -28,7 +29,8 @@ from pcopy.walk import Entry
 FINISH_THREADS = 16
 # Directories held open while existing ones are stat'ed top-down (Directories._look): a level's
 # parents, for their children (wider levels fall back to a farther ancestor: correct, dearer).
-LOOK_HELD = 256
+# Well below macOS's default descriptor limit (256).
+LOOK_HELD = 128
 
 
 class NotADirectory(Exception):
@@ -166,7 +168,8 @@ class Directories:
         found: dict[str, os.stat_result] = {}
         held = OpenDirs(LOOK_HELD)
         if at.fd is not None:
-            held.adopt(at.root, os.dup(at.fd))
+            with contextlib.suppress(OSError):  # (EMFILE: then from the top)
+                held.adopt(at.root, os.dup(at.fd))
 
         def look(item: tuple[str, Entry], _part: JobResult) -> None:
             fd = held.open(item[0])

@@ -47,10 +47,13 @@ class OpenDirs:
         each is held: the same round trips as one open by full path, and the next directory
         below any of them starts there."""
         chain = _ancestors(path)  # [top, ..., path]
-        with self.lock:
-            depth, fd = self._nearest(chain)  # chain[depth] is held, or depth -1
-            if depth == len(chain) - 1:
-                return fd
+        try:
+            with self.lock:
+                depth, fd = self._nearest(chain)  # chain[depth] is held, or depth -1
+        except OSError:  # (no descriptor to be had: EMFILE)
+            return None
+        if depth == len(chain) - 1:
+            return fd
         for below in chain[depth + 1:]:
             try:
                 opened = (os.open(os.path.basename(below), DIR_FLAGS, dir_fd=fd) if fd is not None
@@ -62,7 +65,10 @@ class OpenDirs:
                     os.close(fd)
             if opened is None:
                 return None
-            fd = self._hold(below, opened)
+            try:
+                fd = self._hold(below, opened)
+            except OSError:  # (its duplicate: EMFILE; what was opened is held or closed)
+                return None
         return fd
 
     def _nearest(self, chain: list[str]) -> tuple[int, int | None]:

@@ -135,3 +135,23 @@ def test_a_forked_worker_starts_empty_even_with_the_lock_held_at_the_fork(tmp_pa
         pytest.fail("the forked child hung on the lock its parent held")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     HELD.clear()
+
+
+def test_no_descriptor_to_be_had_means_none_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE on a duplicate: the caller falls back to full paths (None), nothing leaks."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    dirs = OpenDirs()
+    fd = dirs.open(str(tmp_path / "a"))
+    assert fd is not None
+    os.close(fd)
+    before = open_fds()
+
+    def no_more(_fd: int) -> int:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "dup", no_more)
+    assert dirs.open(str(tmp_path / "a")) is None  # held: its duplicate fails
+    assert dirs.open(str(tmp_path / "a" / "b")) is None  # below a held one
+    monkeypatch.undo()
+    assert open_fds() <= before + 1  # (b may be held: opened before its duplicate failed)
+    dirs.clear()
