@@ -77,13 +77,8 @@ def _held_stat(path: str) -> os.stat_result:
     """stat (following symlinks) of DST's root through a descriptor held for the run
     (pcopy.opendirs): the parent's jobs and the directory finish then start from it instead of
     resolving DST's path again (two round trips per component on a network file system)."""
-    fd = HELD.open(path) if _AT_CALLS else None
-    if fd is None:
-        return os.stat(path)  # (missing, not a directory, or no *at calls: as before)
-    try:
-        return os.fstat(fd)
-    finally:
-        os.close(fd)
+    st = HELD.stat(path) if _AT_CALLS else None
+    return st if st is not None else os.stat(path)  # (missing, not a directory, no *at calls)
 
 
 def may_hold_leftovers(there: os.stat_result | None, src_mtime_ns: int) -> bool:
@@ -172,15 +167,8 @@ class Directories:
                 held.adopt(at.root, os.dup(at.fd))
 
         def look(item: tuple[str, Entry], _part: JobResult) -> None:
-            fd = held.open(item[0])
-            if fd is None:
-                return  # (_up_to_date stats it by path)
-            try:
-                found[item[1].rel] = os.fstat(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            if (st := held.stat(item[0])) is not None:  # (else _up_to_date stats it by path)
+                found[item[1].rel] = st
 
         try:
             for level in reversed(_deepest_first(existing)):

@@ -71,6 +71,19 @@ class OpenDirs:
                 return None
         return fd
 
+    def stat(self, path: str) -> os.stat_result | None:
+        """fstat of directory path through open() (the directory stays held), or None where it
+        cannot be opened or stat'ed (then the caller stats by path)."""
+        fd = self.open(path)
+        if fd is None:
+            return None
+        try:
+            return os.fstat(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
     def _nearest(self, chain: list[str]) -> tuple[int, int | None]:
         """(index in chain of the deepest held directory, a duplicate of its descriptor), or
         (-1, None). A duplicate: another thread may let the held one go meanwhile."""
