@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 JOBS   ?= 4
 
-.PHONY: install test lint demo bench bench-full bench-slow clean
+.PHONY: install test lint demo bench bench-full bench-slow bench-crosscheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ SLOW_ARGS ?= --quick
 bench-slow: $(STAMP)
 	bash benchmarks/slowfs/setup.sh
 	$(PY) benchmarks/slowfs/bench_slow.py $(SLOW_ARGS)
+
+## make bench-crosscheck: pcopy's slow-storage defaults on a second, independent mount (Python,
+## libfuse's high-level API) with four other tree shapes, against cp -a and rsync -a
+## (docs/benchmarks-slow.md, "A second mount"). CROSS_ARGS=--delays 0.2,1,5 for all three delays.
+CROSS_ARGS ?= --delays 1
+bench-crosscheck: $(STAMP)
+	bash benchmarks/slowfs/setup.sh
+	$(PY) benchmarks/slowfs/crosscheck.py $(CROSS_ARGS)
 
 ## make clean: everything generated (the venv, demo and benchmark trees, build output, caches);
 ## tracked benchmark results stay
