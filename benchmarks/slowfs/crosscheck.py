@@ -11,8 +11,9 @@ Workloads (made once under benchmarks/work/crosscheck/src, the same bytes every 
   deep   1,092 files, 3 per directory, in a tree 6 levels deep with 3 branches (364 directories)
   mixed  300 small files in 10 directories and two files of 32 MiB
 
-Every timed copy is compared with its source (type, bytes, mode, mtime_ns: sample_tree.py) and
-a run that fails or differs is reported as such, not timed. Operation counts per file come
+Every timed copy is compared with its source (type, bytes, mode, mtime_ns: sample_tree.py; a
+copy to the mount in the mount's backing directory) and a run that fails or differs is reported
+as such, not timed. Operation counts per file come
 from the mount (its own names: a LOOKUP shows as a getattr). Needs fuse3 (setup.sh) and
 pip access for mfusepy, which goes into a venv of its own under benchmarks/work.
 """
@@ -178,7 +179,9 @@ def run_delay(delay_ms: float, kinds: list[str], reps: int, pcopy: str) -> list[
                             subprocess.run([pcopy, "-q", str(src), str(on_mount)], check=True)
                         elif case == "slow -> local":
                             shutil.rmtree(local_out, ignore_errors=True)
-                        dst = local_out if case == "slow -> local" else on_mount
+                        # (what a copy to the mount wrote is checked in the backing directory:
+                        # the same files, without a round trip per entry)
+                        dst = local_out if case == "slow -> local" else in_backing
                         seconds, count, note = timed(argv, mount, src, dst)
                         ops.append(count / nfiles)
                         if seconds is None:

@@ -26,7 +26,7 @@ import mfusepy as fuse
 COUNTS: dict[str, int] = {}
 OPS = {"access", "chmod", "chown", "getattr", "readdir", "readlink", "mknod", "rmdir", "mkdir", "statfs",
        "unlink", "symlink", "rename", "link", "utimens", "open", "create", "read", "write", "truncate",
-       "flush", "release", "fsync", "opendir", "releasedir"}
+       "flush", "release", "fsync"}  # (opendir, releasedir: libfuse answers them, no delay)
 LOCK = threading.Lock()
 
 
@@ -43,9 +43,11 @@ class DelayFS(fuse.Operations):
             COUNTS[op] = COUNTS.get(op, 0) + 1
         time.sleep(self.delay)
 
-    use_ns = True
+    use_ns = True  # times as nanoseconds, so copies keep their exact mtimes
 
     def __getattribute__(self, name):
+        """Every operation in OPS sleeps first (mfusepy 3 ignores a __call__ hook); unimplemented
+        ones (libfuse_ignore) stay unregistered, answered by libfuse without a delay."""
         attr = object.__getattribute__(self, name)
         if name not in OPS or getattr(attr, "libfuse_ignore", False):
             return attr
@@ -166,8 +168,10 @@ def watch(state: str) -> None:
     trigger = os.path.join(state, "dump")
     while True:
         if os.path.exists(trigger):
-            dump(state)
+            # The trigger goes first: a caller that sees counts.json may at once ask again,
+            # and that request must not be taken for this one.
             os.unlink(trigger)
+            dump(state)
         time.sleep(0.02)
 
 
