@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from pcopy.errors import WorkerStop
 from pcopy.interrupts import signals_blocked
 from pcopy.jobs import JobResult
+from pcopy.opendirs import HELD
 
 T = TypeVar("T")
 
@@ -136,8 +137,9 @@ class Concurrency:
 
 def max_threads() -> int:
     """MAX_THREADS, or fewer where the process may open few files: each thread holds a source
-    and a destination descriptor, and some stay for the process' own use (a 64-descriptor
-    limit allows 8 threads)."""
+    and a destination descriptor, and some stay for the process' own use and for the
+    directories it holds open (pcopy.opendirs: a 64-descriptor limit holds 16 and allows 4
+    threads)."""
     try:
         import resource
 
@@ -146,7 +148,7 @@ def max_threads() -> int:
         return MAX_THREADS
     if soft == resource.RLIM_INFINITY:
         return MAX_THREADS
-    return max(1, min(MAX_THREADS, (soft - FDS_KEPT) // FDS_PER_THREAD))
+    return max(1, min(MAX_THREADS, (soft - FDS_KEPT - HELD.limit) // FDS_PER_THREAD))
 
 
 def _power_of_two_below(x: float) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pcopy.opendirs import OpenDirs, _ancestors
+from pcopy.opendirs import HELD_DIRS, MIN_HELD, OpenDirs, _ancestors, held_limit
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "O_DIRECTORY") or sys.platform == "win32",
                                 reason="directories are opened for *at calls on POSIX only")
@@ -155,3 +155,22 @@ def test_no_descriptor_to_be_had_means_none_not_an_error(tmp_path: Path, monkeyp
     monkeypatch.undo()
     assert open_fds() <= before + 1  # (b may be held: opened before its duplicate failed)
     dirs.clear()
+
+
+def test_held_limit_follows_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quarter of the soft limit, between MIN_HELD and HELD_DIRS; and the threads a worker may
+    grow leave the held directories their descriptors (64 allows 16 held and 4 threads)."""
+    resource = pytest.importorskip("resource")
+    import pcopy.threads
+
+    for soft, held in ((64, MIN_HELD), (256, 64), (1024, HELD_DIRS), (1 << 20, HELD_DIRS),
+                       (resource.RLIM_INFINITY, HELD_DIRS)):
+        monkeypatch.setattr(resource, "getrlimit", lambda _kind, soft=soft: (soft, soft))
+        assert held_limit() == held, soft
+        monkeypatch.setattr(pcopy.threads, "HELD", OpenDirs(held))
+        threads = pcopy.threads.max_threads()
+        if soft != resource.RLIM_INFINITY:  # descriptors for every thread, the held ones and the rest
+            assert threads * pcopy.threads.FDS_PER_THREAD + held + pcopy.threads.FDS_KEPT <= soft, soft
+    monkeypatch.setattr(resource, "getrlimit", lambda _kind: (64, 64))
+    monkeypatch.setattr(pcopy.threads, "HELD", OpenDirs(held_limit()))
+    assert pcopy.threads.max_threads() == 4
