@@ -113,14 +113,23 @@ class Trial:
     second_before_pcopy: bool = False
 
 
-# Python 3.11's site, running a .pth file's import line (an editable install's finder imports
-# pathlib), wraps a KeyboardInterrupt that lands in a class body's __set_name__ in a RuntimeError,
-# reports it as below and goes on starting: the SIGINT is lost before pcopy's first line runs.
-STARTUP_REPORT = re.compile(r"Error processing line \d+ of [^\n]*\.pth:\n.*?\nRemainder of file ignored\n", re.DOTALL)
+# Reports the interpreter prints of a KeyboardInterrupt it swallowed while starting, before it
+# goes on: the SIGINT is lost before pcopy's first line runs. Python 3.11's site, running a .pth
+# file's import line (an editable install's finder imports pathlib), wraps one that lands in a
+# class body's __set_name__ in a RuntimeError; and its check whether the script (argv[0]) is an
+# import path entry (zipimport reading the console script) prints one with "Failed checking if
+# argv[0] is an import path entry" (Modules/main.c, pymain_get_importer).
+STARTUP_REPORT = re.compile(
+    r"Error processing line \d+ of [^\n]*\.pth:\n.*?\nRemainder of file ignored\n"
+    # (only the interpreter's own frozen frames, so a traceback of pcopy's after it is never
+    # taken for part of it)
+    r"|Failed checking if argv\[0\] is an import path entry\nTraceback \(most recent call last\):\n"
+    r"(?:(?!  File \"[^<])(?!\npcopy: ).)*?\nKeyboardInterrupt\n", re.DOTALL)
 
 
 def startup_reports(err: str) -> tuple[int, str]:
-    """How many of site's reports of a swallowed KeyboardInterrupt begin err, and the rest."""
+    """How many of the interpreter's reports of a swallowed KeyboardInterrupt begin err, and the
+    rest."""
     taken = 0
     while (match := STARTUP_REPORT.match(err)) and "KeyboardInterrupt" in match.group(0):
         taken, err = taken + 1, err[match.end():]
@@ -239,7 +248,7 @@ class Storm:
         code = proc.returncode
         taken, rest = startup_reports(err)
         if taken and trial.before_pcopy and row in ("int", "group-int", "twice"):
-            # Python's site took the first SIGINT before pcopy's first line and went on starting
+            # Python's start-up took the first SIGINT before pcopy's first line and went on
             # (see startup_reports): pcopy itself saw only what came after it.
             err = rest
             if row == "twice" and trial.second is not None and taken == 1:

@@ -70,6 +70,20 @@ SITE_REPORT = """Error processing line 1 of /v/lib/python3.11/site-packages/__ed
 
 Remainder of file ignored
 """
+# CI, 2026-12-02: a SIGINT at 16 ms, while Python 3.11 checked whether the console script is a
+# zip archive it could import from.
+ARGV0_REPORT = """Failed checking if argv[0] is an import path entry
+Traceback (most recent call last):
+  File "<frozen zipimport>", line 92, in __init__
+KeyError: '/tmp/ci/.venv/bin/pcopy'
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "<frozen zipimport>", line 94, in __init__
+  File "<frozen zipimport>", line 433, in _read_directory
+KeyboardInterrupt
+"""
 PCOPY_LINE = "pcopy: interrupted by SIGINT; temporary files removed, files under final names are complete\n"
 
 
@@ -80,3 +94,9 @@ def test_startup_reports_are_told_apart() -> None:
     assert storm.startup_reports(PCOPY_LINE + SITE_REPORT) == (0, PCOPY_LINE + SITE_REPORT)
     other = SITE_REPORT.replace("KeyboardInterrupt", "ImportError")
     assert storm.startup_reports(other) == (0, other)
+    assert storm.startup_reports(ARGV0_REPORT + PCOPY_LINE) == (1, PCOPY_LINE)
+    assert storm.startup_reports(SITE_REPORT + ARGV0_REPORT + PCOPY_LINE) == (2, PCOPY_LINE)
+    not_interrupted = ARGV0_REPORT.replace("\nKeyboardInterrupt\n", "\nPermissionError: no\n")
+    assert storm.startup_reports(not_interrupted + PCOPY_LINE) == (0, not_interrupted + PCOPY_LINE)
+    ours = 'Traceback (most recent call last):\n  File "/v/pcopy/runner.py", line 1, in run\nKeyboardInterrupt\n'
+    assert storm.startup_reports(not_interrupted + ours) == (0, not_interrupted + ours)
