@@ -37,18 +37,23 @@ HELD_DIRS = 256
 MIN_HELD = 16
 
 
-def held_limit() -> int:
-    """How many directories a process holds: HELD_DIRS, or a quarter of its descriptor limit
-    where that is smaller (at least MIN_HELD)."""
+def descriptor_limit() -> int | None:
+    """The process's soft limit on open descriptors; None where it is unknown (Windows: no
+    resource module) or unlimited."""
     try:
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):  # (Windows: no resource module, no *at calls)
-        return HELD_DIRS
-    if soft == resource.RLIM_INFINITY:
-        return HELD_DIRS
-    return max(MIN_HELD, min(HELD_DIRS, soft // 4))
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def held_limit() -> int:
+    """How many directories a process holds: HELD_DIRS, or a quarter of its descriptor limit
+    where that is smaller (at least MIN_HELD)."""
+    soft = descriptor_limit()
+    return HELD_DIRS if soft is None else max(MIN_HELD, min(HELD_DIRS, soft // 4))
 
 
 class OpenDirs:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from pcopy.errors import WorkerStop
 from pcopy.interrupts import signals_blocked
 from pcopy.jobs import JobResult
-from pcopy.opendirs import HELD
+from pcopy.opendirs import HELD, descriptor_limit
 
 T = TypeVar("T")
 
@@ -140,13 +140,8 @@ def max_threads() -> int:
     and a destination descriptor, and some stay for the process' own use and for the
     directories it holds open (pcopy.opendirs: a 64-descriptor limit holds 16 and allows 4
     threads)."""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
-        return MAX_THREADS
-    if soft == resource.RLIM_INFINITY:
+    soft = descriptor_limit()
+    if soft is None:
         return MAX_THREADS
     return max(1, min(MAX_THREADS, (soft - FDS_KEPT - HELD.limit) // FDS_PER_THREAD))
 
