@@ -1,19 +1,27 @@
-"""The command line: options -> one Config -> run_copy -> output and exit code, all in one place.
+"""The command line: options -> one Config -> pcopy.command.run -> output and exit code.
 
-Exit codes: 0 all copied; 1 some entries failed (or the report could not be written);
-2 usage error or refused input; 3 --max-delete exceeded (nothing deleted); 130 SIGINT; 143 SIGTERM.
+Exit codes (pcopy.command): 0 all copied; 1 some entries failed (or the report could not be
+written); 2 usage error or refused input; 3 --max-delete exceeded (nothing deleted); 130 SIGINT;
+143 SIGTERM. The plain `pcopy SRC DST [-j N] [-q] [--no-progress]` is run without this module (pcopy.fastpath).
 """
 
-import contextlib
-import os
 import sys
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from typer.core import TyperCommand
 
 from pcopy import __version__
+from pcopy.command import (
+    EXIT_USAGE,
+    Output,
+    err,
+    leave,
+    local_jobs,
+    run,
+    running_as_root,
+)
 from pcopy.config import (
     DEFAULT_BUFFER_BYTES,
     Compare,
@@ -24,22 +32,9 @@ from pcopy.config import (
     parse_size,
 )
 
-if TYPE_CHECKING:
-    from pcopy.report import CopyReport
-    from pcopy.target import Target
-
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
-EXIT_DELETE_LIMIT = 3  # the same value as pcopy.report.EXIT_DELETE_LIMIT
-
 # add_completion: --install-completion / --show-completion (bash, zsh, fish, powershell); typer
 # imports its completion code only when one of them, or a shell's completion request, is used.
 app = typer.Typer(add_completion=True, rich_markup_mode=None, pretty_exceptions_enable=False)
-
-# -j beyond this many workers per CPU is not started: more processes only wait on each other
-# (with a pool that started every worker up front, -j 1000 on 3,000 files took 7.8 s here).
-MAX_JOBS_PER_CPU = 4
 
 # click's base error class, wherever this typer keeps click (0.28 vendors it as typer._click).
 _ClickError: type[Exception] = sys.modules[typer.BadParameter.__module__].ClickException
@@ -78,7 +73,7 @@ class _ArgvCommand(TyperCommand):
 def _json_usage_error(args: list[str], exc: Any) -> None:
     options = args[:args.index("--")] if "--" in args else args
     if "--json" in options or "--json-lines" in options:
-        output = _Output(json_report="--json" in options, quiet=True, itemize=False, log=None,
+        output = Output(json_report="--json" in options, quiet=True, itemize=False, log=None,
                          json_lines="--json-lines" in options)
         output.refused(None, None, exc.format_message())
 
@@ -100,27 +95,6 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"pcopy {__version__}")
         raise typer.Exit()
-
-
-def _err(line: str) -> None:
-    """One line on stderr; never fails on names the terminal's encoding cannot show, nor on a
-    stderr that cannot be written (there is nowhere left to say so)."""
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.buffer.write((line + "\n").encode(sys.stderr.encoding or "utf-8", "backslashreplace"))
-        sys.stderr.flush()
-
-
-def _write_out(text: str) -> bool:
-    """Write text to stdout and flush it; False, after one line on stderr, when it cannot be
-    written (a full disk, /dev/full, a closed pipe): the report is lost, not the copy."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        _err(f"pcopy: cannot write to standard output: {reason}")
-        return False
-    return True
 
 
 @app.command(cls=_ArgvCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -297,10 +271,10 @@ def copy_command(
         try:
             filters = FilterSet.from_options(ordered_filter_args(ctx.meta.get(_ARGV_KEY, [])))
         except (OSError, ValueError) as exc:
-            _err(f"pcopy: {exc}" if not isinstance(exc, OSError) or not exc.filename
+            err(f"pcopy: {exc}" if not isinstance(exc, OSError) or not exc.filename
                  else f"pcopy: {exc.strerror}: {exc.filename!r}")
             raise typer.Exit(EXIT_USAGE) from None
-    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    root = running_as_root()
     snapshot = _snapshot_options(link_dest, backup, backup_dir, suffix, bwlimit_rate,
                                  partial or partial_progress)
     if partial_progress and progress is None:
@@ -308,7 +282,7 @@ def copy_command(
     cpus = default_jobs()
     config = Config(
         # (-j with --engine ray counts the cluster's workers: this machine's CPUs do not bound it)
-        jobs=(jobs if engine is Engine.RAY else min(jobs, MAX_JOBS_PER_CPU * cpus)) if jobs is not None else cpus,
+        jobs=jobs if engine is Engine.RAY and jobs is not None else local_jobs(jobs, cpus),
         jobs_auto=jobs is None,
         chunk_bytes=_size(chunk_size, "--chunk-size") if chunk_size is not None else None,
         threads=threads,
@@ -338,8 +312,8 @@ def copy_command(
         ray_address=ray_address,
     )
     show_bar = progress if progress is not None else (sys.stderr.isatty() and not quiet)
-    output = _Output(json_report, quiet, itemize, log, json_lines)
-    raise typer.Exit(_run(src, dst, config, show_bar, output, jobs_given=jobs is not None))
+    output = Output(json_report, quiet, itemize, log, json_lines)
+    raise typer.Exit(run(src, dst, config, show_bar, output, jobs_given=jobs is not None))
 
 
 def _snapshot_options(link_dest: list[str] | None, backup: bool, backup_dir: str | None,
@@ -359,155 +333,5 @@ def _snapshot_options(link_dest: list[str] | None, backup: bool, backup_dir: str
             "partial": partial}
 
 
-class _Output:
-    """Display choices (never copy settings): JSON (one document or one object per event) or a
-    summary, itemized changes, a log file. Nothing written here may end in a traceback."""
-
-    def __init__(self, json_report: bool, quiet: bool, itemize: bool, log: str | None,
-                 json_lines: bool = False) -> None:
-        self.json_report = json_report
-        self.json_lines = json_lines
-        self.quiet = quiet
-        self.itemize = itemize
-        self.log = log
-        self.started = ""
-        if json_report or json_lines:
-            from pcopy.report import iso_now
-
-            self.started = iso_now()
-
-    def _emit_json(self, doc: dict[str, Any]) -> bool:
-        from pcopy.report import dumps, report_events
-
-        if self.json_lines:
-            return _write_out("".join(dumps(event, indent=None) + "\n" for event in report_events(doc)))
-        return _write_out(dumps(doc) + "\n")
-
-    def _run_info(self, src: str | None, dst: str | None) -> Any:
-        from pcopy.report import RunInfo, iso_now
-
-        return RunInfo(src, dst, self.started or iso_now(), iso_now())
-
-    def refused(self, src: str | None, dst: str | None, error: BaseException | str) -> int:
-        """A run refused before anything was written: exit 2, and with --json/--json-lines the
-        one JSON object that says why (the message is on stderr as well)."""
-        if self.json_report or self.json_lines:
-            from pcopy.report import report_document
-
-            self._emit_json(report_document(None, self._run_info(src, dst), error=error, exit_code=EXIT_USAGE))
-        return EXIT_USAGE
-
-    def interrupted(self, src: str, dst: str, exit_code: int, message: str) -> int:
-        """An interrupted run (130/143): with --json/--json-lines one JSON object saying so (its
-        counts are not known: the copy stopped before its report was made)."""
-        if self.json_report or self.json_lines:
-            from pcopy.report import report_document
-
-            self._emit_json(report_document(None, self._run_info(src, dst), error=message,
-                                            exit_code=exit_code))
-        return exit_code
-
-    def show(self, report: "CopyReport", target: "Target", src: str | None = None,
-             dst: str | None = None) -> int:
-        """Print the report; returns the exit code (1 when the report or the log cannot be
-        written and the copy itself succeeded)."""
-        from pcopy.jobs import Kind
-
-        if report.delete_skipped:
-            _err(f"pcopy: --delete skipped: {report.failed} entries failed (--delete-anyway deletes anyway)")
-        if report.delete_limited:
-            _err("pcopy: --delete stopped by --max-delete: more entries would be deleted than "
-                 "allowed; nothing was deleted")
-        code = report.exit_code
-        written = True
-        if self.json_report or self.json_lines:
-            from pcopy.report import report_document
-
-            doc = report_document(report, self._run_info(src, dst), roots=(target.src, target.dst))
-            written = self._emit_json(doc)
-        # Paths relative to DST for a tree; a single file's path as it is.
-        lines = (report.change_lines(target.dst if target.src_kind is Kind.DIR else None)
-                 if self.itemize or self.log is not None else [])
-        if not (self.json_report or self.json_lines):
-            text = [*lines] if self.itemize else []
-            if not self.quiet:
-                text.append(report.summary())
-            if text:
-                written = _write_out("".join(line + "\n" for line in text))
-        if self.log is not None:
-            try:
-                with open(self.log, "a", encoding="utf-8", errors="backslashreplace") as fh:
-                    fh.writelines(line + "\n" for line in lines)
-                    fh.write(report.summary() + "\n")
-            except OSError as exc:
-                _err(f"pcopy: cannot write --log file: {exc.strerror}: {self.log!r}")
-                written = False
-        return code if written else code or EXIT_FAILURES
-
-
-def _run(src: str, dst: str, config: Config, show_bar: bool, output: _Output, jobs_given: bool = True) -> int:
-    from pcopy.errors import CopyInterruptedError, RefusedError
-    from pcopy.interrupts import InterruptGuard
-    from pcopy.jobs import Kind
-    from pcopy.progress import NullProgress, ProgressSink, TqdmProgress
-    from pcopy.report import format_failure
-    from pcopy.runner import run_copy
-    from pcopy.target import locate
-
-    # For the rest of the process: the first signal unwinds with clean-up; later ones, while the
-    # (bounded) clean-up runs and the interruption is reported, do not cut it short.
-    InterruptGuard().install()
-    try:
-        target = locate(src, dst)
-        if config.delete and target.src_kind is not Kind.DIR:
-            _err("pcopy: --delete needs SRC to be a directory")
-            return output.refused(src, dst, "--delete needs SRC to be a directory")
-        sink: ProgressSink = TqdmProgress() if show_bar else NullProgress()
-        if config.engine is Engine.RAY:  # connect, and check every node sees SRC and DST
-            from pcopy.raypool import ray_session
-
-            with ray_session(target, config, jobs_given) as config:
-                report = run_copy(target, config, sink)
-        else:
-            report = run_copy(target, config, sink)
-    except RefusedError as exc:
-        _err(f"pcopy: {exc}")
-        return output.refused(src, dst, exc)
-    except CopyInterruptedError as exc:
-        name = "SIGINT" if exc.exit_code == 130 else "SIGTERM"
-        kept = "; partial files kept for the next --partial run" if config.partial else ""
-        message = f"interrupted by {name}; temporary files removed, files under final names are complete{kept}"
-        _err(f"pcopy: {message}")
-        return output.interrupted(src, dst, exc.exit_code, message)
-    except OSError as exc:
-        _err(f"pcopy: {exc.strerror or exc}: {exc.filename!r}" if exc.filename else f"pcopy: {exc}")
-        return EXIT_FAILURES
-    for warning in report.warnings:
-        _err(f"pcopy: warning: {warning}")
-    for failure in report.failures:
-        _err(format_failure(failure))
-    return output.show(report, target, src, dst)
-
-
-def main() -> None:
-    from pcopy.errors import CopyInterruptedError
-
-    try:
-        try:
-            app(prog_name="pcopy")
-        except CopyInterruptedError as exc:  # after the copy, while its report was written
-            _err(f"pcopy: interrupted by {'SIGINT' if exc.exit_code == 130 else 'SIGTERM'}")
-            raise SystemExit(exc.exit_code) from None
-    except SystemExit as exc:
-        if exc.code is not None and not isinstance(exc.code, int):
-            raise  # a message for Python to print
-        # Leave without interpreter finalization. Everything pcopy opened is closed by now
-        # (pool joined, log file written); finalization would only tear down modules and free
-        # memory the OS takes back anyway: 15-35 ms, a sixth of a small copy's wall time. It
-        # also resets signal handlers, so a second Ctrl-C arriving then would kill us with
-        # -SIGINT instead of the documented 130.
-        code = exc.code or 0
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):  # a closed pipe (pcopy --json | head)
-                stream.flush()
-        os._exit(code)
+def main() -> NoReturn:
+    leave(lambda: app(prog_name="pcopy"))

@@ -9,6 +9,7 @@ gets Python's default behaviour (docs/interruption.md).
 
 import os
 import signal
+import sys
 
 
 def _before_copy(signum: int, frame: object) -> None:
@@ -22,6 +23,14 @@ def _before_copy(signum: int, frame: object) -> None:
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _before_copy)
+    from pcopy.fastpath import parse
+
+    # The plain `pcopy SRC DST [-j N] [-q] [--no-progress]` skips typer's ~40 ms import (pcopy.fastpath).
+    plain = parse(sys.argv[1:])
+    if plain is not None:
+        from pcopy.fastpath import main as plain_main
+
+        plain_main(plain)
     from pcopy.cli import main as cli_main
 
     cli_main()

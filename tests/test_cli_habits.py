@@ -16,7 +16,7 @@ from conftest import RunPcopy, pc
 from treeutil import assert_same_tree, stamp_times, write
 
 import pcopy
-from pcopy.cli import MAX_JOBS_PER_CPU
+from pcopy.command import MAX_JOBS_PER_CPU
 from pcopy.config import default_jobs, parse_size
 
 
