@@ -13,6 +13,13 @@ GIL, so how many a job uses is decided per worker process by measurement (Concur
   two), as long as the last growth raised the rate of entries per second by at least MIN_GAIN;
   one that did not is undone and the limit held for HOLD_WINDOWS windows before it tries
   again. Mostly computing (above HIGH_UTILISATION): the limit halves.
+- Only a worker that blocks grows: at least MIN_WAITS_PER_ENTRY voluntary context switches
+  (a thread that sleeps in a system call) per entry in the window. On a page cache the CPU a
+  worker is missing went to other processes (two workers and the parent on two cores, a bench
+  harness, the kernel freeing a removed tree), not to waiting; without this check a preempted
+  worker on tmpfs grew to 8 threads, found it did not pay, and tried again: 8 of 20 runs of a
+  20,000-file copy started 4-312 threads. Where the count is unknown (no getrusage), growth
+  rests on the CPU share alone.
 - No peer does this (rclone's --checkers/--transfers and dcp's rank count are the user's guess).
 
 each() runs one job's entries on up to `limit` threads (the calling thread is one of them); each
@@ -39,6 +46,23 @@ from pcopy.interrupts import signals_blocked
 from pcopy.jobs import JobResult
 from pcopy.opendirs import HELD, descriptor_limit
 
+try:
+    from resource import RUSAGE_SELF, getrusage
+except ImportError:  # Windows
+    getrusage = None  # type: ignore[assignment]
+
+
+def waits() -> int | None:
+    """Voluntary context switches of this process so far (its threads slept in a system
+    call, a lock or a sleep); None where the platform does not say."""
+    return getrusage(RUSAGE_SELF).ru_nvcsw if getrusage is not None else None
+
+
+def waits_since(before: int | None) -> int | None:
+    """Voluntary context switches since waits() returned `before`."""
+    now = waits() if before is not None else None
+    return now - before if now is not None and before is not None else None
+
 T = TypeVar("T")
 
 MAX_THREADS = 64  # per worker process; at 1 ms per request, 64 in flight per worker
@@ -49,6 +73,7 @@ HIGH_UTILISATION = 0.85  # above which it is CPU-bound: the limit halves
 MAX_STEP = 8  # the most one window may multiply the limit by
 MIN_GAIN = 1.2  # a growth must raise entries per second by this much to be kept
 HOLD_WINDOWS = 10  # windows a rejected growth waits before the next try
+MIN_WAITS_PER_ENTRY = 0.5  # voluntary context switches per entry a window needs to grow
 FDS_KEPT = 32  # descriptors left for the process itself (pipes, directories, the Manager)
 FDS_PER_THREAD = 4  # a source, a destination, and the job's two open directories, at most
 THREADS_PER_MEMBER = 4  # see group_size
@@ -61,12 +86,13 @@ class _Window:
     """One kind of phase's measurements (kinds differ in cost: making a directory, copying a
     file), so that a growth is judged against the same kind of work."""
 
-    __slots__ = ("cpu", "items", "last_limit", "last_rate", "wall")
+    __slots__ = ("cpu", "items", "last_limit", "last_rate", "waits", "wall")
 
     def __init__(self) -> None:
-        self.items = 0  # the current window: entries, wall and CPU seconds
+        self.items = 0  # the current window: entries, wall and CPU seconds, waits (see waits())
         self.wall = 0.0
         self.cpu = 0.0
+        self.waits: int | None = 0
         self.last_rate = 0.0  # entries per second before the last growth (0: none to judge)
         self.last_limit = 1
 
@@ -83,9 +109,11 @@ class Concurrency:
         self.windows: dict[str, _Window] = {}
         self.changed = 0.0  # when the limit last changed (time.perf_counter)
 
-    def observe(self, kind: str, items: int, wall: float, cpu: float, threads: int, started: float) -> None:
-        """Count one phase of a kind. Phases that could not use the whole limit (fewer entries
-        than threads), or started before it was set, say nothing about it and are left out."""
+    def observe(self, kind: str, items: int, wall: float, cpu: float, threads: int, started: float,
+                waited: int | None = None) -> None:
+        """Count one phase of a kind (waited: its voluntary context switches, None if not
+        known). Phases that could not use the whole limit (fewer entries than threads), or
+        started before it was set, say nothing about it and are left out."""
         if threads < self.limit or items < 2 or started < self.changed or self.fixed:
             return
         window = self.windows.get(kind)
@@ -94,25 +122,27 @@ class Concurrency:
         window.items += items
         window.wall += wall
         window.cpu += cpu
+        window.waits = None if window.waits is None or waited is None else window.waits + waited
         if window.items < max(MIN_ITEMS, 2 * self.limit) or window.wall < MIN_WINDOW_S:
             return
         rate = window.items / window.wall
         utilisation = window.cpu / window.wall
-        window.items, window.wall, window.cpu = 0, 0.0, 0.0
-        self.decide(window, rate, utilisation)
+        blocked = window.waits is None or window.waits >= MIN_WAITS_PER_ENTRY * window.items
+        _clear(window)
+        self.decide(window, rate, utilisation, blocked)
 
-    def decide(self, window: _Window, rate: float, utilisation: float) -> None:
+    def decide(self, window: _Window, rate: float, utilisation: float, blocked: bool = True) -> None:
         before = self.limit
-        self._decide(window, rate, utilisation)
+        self._decide(window, rate, utilisation, blocked)
         if self.limit != before:
             self.changed = time.perf_counter()
             for other in self.windows.values():  # measured at the old limit: start again
-                other.items, other.wall, other.cpu = 0, 0.0, 0.0
+                _clear(other)
 
-    def _decide(self, window: _Window, rate: float, utilisation: float) -> None:
+    def _decide(self, window: _Window, rate: float, utilisation: float, blocked: bool) -> None:
         """Grow towards TARGET_UTILISATION in one step (up to MAX_STEP times: a worker that
-        computes 1 % of the time could use ~60 threads), keep a growth only if it paid, halve
-        when CPU-bound."""
+        computes 1 % of the time could use ~60 threads) if it blocked, keep a growth only if it
+        paid, halve when CPU-bound."""
         if utilisation > HIGH_UTILISATION:
             if self.limit > 1:
                 self.limit //= 2
@@ -129,10 +159,14 @@ class Concurrency:
             return
         step = min(MAX_STEP, TARGET_UTILISATION / max(utilisation, 1e-6))
         most = max_threads()
-        if step < 2 or self.limit >= most:
+        if step < 2 or self.limit >= most or not blocked:
             return
         window.last_rate, window.last_limit = rate, self.limit
         self.limit = min(most, self.limit * _power_of_two_below(step))
+
+
+def _clear(window: _Window) -> None:
+    window.items, window.wall, window.cpu, window.waits = 0, 0.0, 0.0, 0
 
 
 def max_threads() -> int:
@@ -225,6 +259,7 @@ def each(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobRe
         limit = job_threads() if threads is None else threads
         start = time.perf_counter()
         cpu = time.process_time() if measure is not None else 0.0
+        waited = waits() if measure is not None else None
         if limit <= 1 or n - done < 2:
             end = done
             while end < n:
@@ -240,7 +275,8 @@ def each(items: Sequence[T], work: Callable[[T, JobResult], None], result: JobRe
             used = min(limit, end - done)
             _in_threads(items[done:end], work, result, used)
         if measure is not None:
-            measure.observe(kind, end - done, time.perf_counter() - start, time.process_time() - cpu, used, start)
+            measure.observe(kind, end - done, time.perf_counter() - start, time.process_time() - cpu, used, start,
+                            waits_since(waited))
         done = end
 
 

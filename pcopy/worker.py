@@ -243,7 +243,7 @@ def _run_group(group: GroupJob, progress: _Progress | None) -> JobResult:
         finally:
             threads.grouped(1)
 
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, waited = time.perf_counter(), time.process_time(), threads.waits()
     threads.each(range(len(members)), run, JobResult(group.job_id), at_once)
     parts = [r for r in results if r is not None]
     entries = sum(r.files + r.skipped + len(r.failures) + r.hardlinked for r in parts)
@@ -251,7 +251,7 @@ def _run_group(group: GroupJob, progress: _Progress | None) -> JobResult:
     # have formed this one at an older limit, or had fewer jobs left).
     full = len(members) >= threads.group_size(limit) and entries >= limit
     threads.concurrency.observe("group", entries, time.perf_counter() - start, time.process_time() - cpu,
-                                limit if full else 0, start)
+                                limit if full else 0, start, threads.waits_since(waited))
     return JobResult(group.job_id, parts=parts)
 
 

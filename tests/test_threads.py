@@ -7,10 +7,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -27,10 +30,12 @@ def helpers_alive() -> list[str]:
     return [t.name for t in threading.enumerate() if "helper_run" in t.name]
 
 
-def feed(c: Concurrency, kind: str, rate: float, utilisation: float, items: int = 200) -> None:
-    """One window of `items` entries at this rate and CPU share, started now."""
+def feed(c: Concurrency, kind: str, rate: float, utilisation: float, items: int = 200,
+         waits: int | None = None) -> None:
+    """One window of `items` entries at this rate and CPU share, started now (waits: its
+    voluntary context switches; None: not known)."""
     wall = items / rate
-    c.observe(kind, items, wall, wall * utilisation, c.limit, time.perf_counter())
+    c.observe(kind, items, wall, wall * utilisation, c.limit, time.perf_counter(), waits)
 
 
 def test_a_waiting_worker_grows_in_one_step_towards_the_target() -> None:
@@ -41,6 +46,80 @@ def test_a_waiting_worker_grows_in_one_step_towards_the_target() -> None:
     assert c.limit == 32
     feed(c, "copy", rate=1400, utilisation=0.45)  # paid; 0.6/0.45 < 2: stays
     assert c.limit == 32
+
+
+def test_only_a_worker_that_blocks_grows() -> None:
+    """A worker short of CPU on a page cache was preempted (other processes had the cores),
+    not waiting on storage: it never sleeps in a system call, and threads would not help."""
+    c = Concurrency()
+    feed(c, "copy", rate=5000, utilisation=0.3, items=200, waits=3)
+    assert c.limit == 1
+    feed(c, "copy", rate=5000, utilisation=0.3, items=200, waits=99)  # under one per two entries
+    assert c.limit == 1
+    feed(c, "copy", rate=60, utilisation=0.01, items=200, waits=600)  # three round trips per entry
+    assert c.limit == 8
+    feed(c, "copy", rate=400, utilisation=0.1, items=200, waits=1000)
+    assert c.limit == 32
+
+
+def test_the_waits_of_a_window_add_up_over_its_phases() -> None:
+    c = Concurrency()
+    start = time.perf_counter()
+    for _ in range(3):  # three phases of 2 entries, 1 wait each: 3 of 6, enough
+        c.observe("copy", 2, 0.004, 0.0001, 1, start, 1)
+    assert c.limit == 8
+    c = Concurrency()
+    c.observe("copy", 4, 0.01, 0.0001, 1, start, 2)
+    c.observe("copy", 4, 0.01, 0.0001, 1, start, None)  # not known for part of it: not judged by it
+    assert c.limit == 8
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+@pytest.mark.parametrize("gate", [True, False])
+def test_a_preempted_worker_on_a_page_cache_starts_no_threads(tmp_path: Path, gate: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real copy of 300 files on the page cache, by a worker that gets a quarter of one CPU
+    (three busy processes share it): its missing CPU time is not waiting, and it starts no
+    thread. Without the waits check (gate False) the same copy does grow: the test can tell."""
+    if not gate:
+        monkeypatch.setattr(threads, "MIN_WAITS_PER_ENTRY", 0)
+    src = tmp_path / "src"
+    src.mkdir()
+    names = tuple(f"f{i}" for i in range(300))
+    for name in names:
+        (src / name).write_bytes(b"x" * 100)
+    (tmp_path / "dst").mkdir()
+    job = DirJob(1, str(src), str(tmp_path / "dst"), names, True, 1 << 40, 1 << 40, True, CopyOptions())
+    cpu = min(os.sched_getaffinity(0))
+    saved = os.sched_getaffinity(0)
+    spin = (f"import os, time; os.sched_setaffinity(0, {{{cpu}}}); end = time.monotonic() + 30\n"
+            "while time.monotonic() < end: pass")
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(3)]
+    try:
+        time.sleep(0.3)  # (started and spinning)
+        os.sched_setaffinity(0, {cpu})
+        threads.reset()
+        limits = [threads.concurrency.limit]
+        decide = Concurrency.decide
+
+        def recorded(self: Concurrency, *args: Any) -> None:
+            decide(self, *args)
+            limits.append(self.limit)
+
+        monkeypatch.setattr(Concurrency, "decide", recorded)
+        result = worker.run_job(job)
+    finally:
+        os.sched_setaffinity(0, saved)
+        for p in spinners:
+            p.kill()
+            p.wait()
+        threads.reset()
+    assert result.files == 300 and not result.failures
+    assert len(limits) > 10  # windows were judged
+    if gate:
+        assert max(limits) == 1
+    else:
+        assert max(limits) > 1
 
 
 def test_a_growth_that_did_not_pay_is_undone_and_held() -> None:
