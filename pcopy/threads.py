@@ -14,12 +14,14 @@ GIL, so how many a job uses is decided per worker process by measurement (Concur
   one that did not is undone and the limit held for HOLD_WINDOWS windows before it tries
   again. Mostly computing (above HIGH_UTILISATION): the limit halves.
 - Only a worker that blocks grows: at least MIN_WAITS_PER_ENTRY voluntary context switches
-  (a thread that sleeps in a system call) per entry in the window. On a page cache the CPU a
-  worker is missing went to other processes (two workers and the parent on two cores, a bench
-  harness, the kernel freeing a removed tree), not to waiting; without this check a preempted
-  worker on tmpfs grew to 8 threads, found it did not pay, and tried again: 8 of 20 runs of a
-  20,000-file copy started 4-312 threads. Where the count is unknown (no getrusage), growth
-  rests on the CPU share alone.
+  (a thread sleeping in a system call: each round trip to a network or FUSE server is one, a
+  file written there three or more, an up-to-date file on a re-run one per slow side) per
+  entry of the window. On a page cache the CPU a worker is missing went to other processes
+  (two workers and the parent on two cores, a bench harness, the kernel freeing a removed
+  tree), not to waiting: without this check 8 of 20 runs of a 20,000-file copy to tmpfs
+  started 4-312 threads (grown, found not to pay, tried again), and with half a switch per
+  entry one window of 4 files held up 10 ms with 2 switches still did. Where the count is
+  unknown (no getrusage), growth rests on the CPU share alone.
 - No peer does this (rclone's --checkers/--transfers and dcp's rank count are the user's guess).
 
 each() runs one job's entries on up to `limit` threads (the calling thread is one of them); each
@@ -73,7 +75,7 @@ HIGH_UTILISATION = 0.85  # above which it is CPU-bound: the limit halves
 MAX_STEP = 8  # the most one window may multiply the limit by
 MIN_GAIN = 1.2  # a growth must raise entries per second by this much to be kept
 HOLD_WINDOWS = 10  # windows a rejected growth waits before the next try
-MIN_WAITS_PER_ENTRY = 0.5  # voluntary context switches per entry a window needs to grow
+MIN_WAITS_PER_ENTRY = 1.0  # voluntary context switches per entry a window needs to grow
 FDS_KEPT = 32  # descriptors left for the process itself (pipes, directories, the Manager)
 FDS_PER_THREAD = 4  # a source, a destination, and the job's two open directories, at most
 THREADS_PER_MEMBER = 4  # see group_size
