@@ -2,7 +2,8 @@
 
 Exit codes (pcopy.command): 0 all copied; 1 some entries failed (or the report could not be
 written); 2 usage error or refused input; 3 --max-delete exceeded (nothing deleted); 130 SIGINT;
-143 SIGTERM. The plain `pcopy SRC DST [-j N] [-q] [--no-progress]` is run without this module (pcopy.fastpath).
+143 SIGTERM. The plain `pcopy SRC DST [-j N] [-q] [--[no-]progress]` is run without this module
+(pcopy.fastpath).
 """
 
 import sys
@@ -74,7 +75,7 @@ def _json_usage_error(args: list[str], exc: Any) -> None:
     options = args[:args.index("--")] if "--" in args else args
     if "--json" in options or "--json-lines" in options:
         output = Output(json_report="--json" in options, quiet=True, itemize=False, log=None,
-                         json_lines="--json-lines" in options)
+                        json_lines="--json-lines" in options)
         output.refused(None, None, exc.format_message())
 
 
@@ -272,7 +273,7 @@ def copy_command(
             filters = FilterSet.from_options(ordered_filter_args(ctx.meta.get(_ARGV_KEY, [])))
         except (OSError, ValueError) as exc:
             err(f"pcopy: {exc}" if not isinstance(exc, OSError) or not exc.filename
-                 else f"pcopy: {exc.strerror}: {exc.filename!r}")
+                else f"pcopy: {exc.strerror}: {exc.filename!r}")
             raise typer.Exit(EXIT_USAGE) from None
     root = running_as_root()
     snapshot = _snapshot_options(link_dest, backup, backup_dir, suffix, bwlimit_rate,

@@ -1,7 +1,7 @@
-"""The console script's first module: pcopy's signal handling starts here, before the CLI's
-imports (typer alone takes ~40 ms, long enough for a Ctrl-C to land in).
+"""The console script's first module: pcopy's signal handling starts here, before the imports
+of the command line and the copy (typer alone takes ~40 ms, long enough for a Ctrl-C to land in).
 
-Until the copy's own InterruptGuard takes over (cli._run), nothing has been written and no
+Until the copy's own InterruptGuard takes over (command.run), nothing has been written and no
 process started, so a signal simply ends pcopy with the documented code and one line. What
 remains is the ~10 ms in which the interpreter starts, before any of pcopy runs: a signal there
 gets Python's default behaviour (docs/interruption.md).
@@ -25,7 +25,8 @@ def main() -> None:
         signal.signal(sig, _before_copy)
     from pcopy.fastpath import parse
 
-    # The plain `pcopy SRC DST [-j N] [-q] [--no-progress]` skips typer's ~40 ms import (pcopy.fastpath).
+    # The plain `pcopy SRC DST [-j N] [-q] [--[no-]progress]` skips typer's ~40 ms import
+    # (pcopy.fastpath).
     plain = parse(sys.argv[1:])
     if plain is not None:
         from pcopy.fastpath import main as plain_main

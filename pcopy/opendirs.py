@@ -138,7 +138,10 @@ class OpenDirs:
     def clear(self) -> None:
         with self.lock:
             while self.held:
-                os.close(self.held.popitem()[1])
+                # (A descriptor that cannot be closed is gone already: a caller closed it, or
+                # the os module is pyfakefs' in a test that follows a real copy in this process.)
+                with contextlib.suppress(OSError):
+                    os.close(self.held.popitem()[1])
 
     def forget_inherited(self) -> None:
         """In a forked child: let go of the parent's, without its lock (a thread of the parent

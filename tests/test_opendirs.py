@@ -83,6 +83,22 @@ def test_no_descriptor_leaks_and_the_limit_holds(tmp_path: Path) -> None:
     assert open_fds() == before and not dirs.held
 
 
+def test_clear_goes_on_past_a_descriptor_already_gone(tmp_path: Path) -> None:
+    """(As under pyfakefs, whose os.close knows no real descriptor, after a real copy in the
+    same process.)"""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    dirs = OpenDirs(limit=5)
+    for name in ("a", "b", "c"):
+        fd = dirs.open(str(tmp_path / name))
+        assert fd is not None
+        os.close(fd)
+    before, held = open_fds(), len(dirs.held)
+    os.close(dirs.held[str(tmp_path / "b")])
+    dirs.clear()
+    assert not dirs.held and open_fds() == before - held
+
+
 def test_threads_at_once(tmp_path: Path) -> None:
     paths = [tmp_path / f"t{i % 7}" / f"s{i % 5}" / f"u{i % 3}" for i in range(60)]
     for path in paths:

@@ -21,6 +21,7 @@ from pcopy import threads, worker
 from pcopy.errors import WorkerStop
 from pcopy.jobs import CopyOptions, DirJob, JobResult
 from pcopy.metadata import TEMP_MARKER
+from pcopy.opendirs import HELD
 from pcopy.runner import CopyRun
 from pcopy.threads import Concurrency, each
 
@@ -124,6 +125,7 @@ def test_a_preempted_worker_on_a_page_cache_starts_no_threads(tmp_path: Path, mo
             if p.stdout is not None:
                 p.stdout.close()
         threads.reset()
+        HELD.clear()  # the job's directories, held for the rest of this process otherwise
     preempted = [(u, blocked) for u, blocked, _ in judged if u < threads.TARGET_UTILISATION / 2]
     assert preempted, f"never preempted in 5 copies: {judged}"
     assert not any(blocked for _, blocked in preempted), preempted
