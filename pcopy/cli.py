@@ -17,6 +17,7 @@ from pcopy import __version__
 from pcopy.command import (
     EXIT_USAGE,
     Output,
+    bar_wanted,
     err,
     leave,
     local_jobs,
@@ -312,9 +313,8 @@ def copy_command(
         engine=engine,
         ray_address=ray_address,
     )
-    show_bar = progress if progress is not None else (sys.stderr.isatty() and not quiet)
     output = Output(json_report, quiet, itemize, log, json_lines)
-    raise typer.Exit(run(src, dst, config, show_bar, output, jobs_given=jobs is not None))
+    raise typer.Exit(run(src, dst, config, bar_wanted(progress, quiet), output, jobs_given=jobs is not None))
 
 
 def _snapshot_options(link_dest: list[str] | None, backup: bool, backup_dir: str | None,

@@ -58,6 +58,12 @@ def write_out(text: str) -> bool:
         return False
     return True
 
+
+def bar_wanted(progress: bool | None, quiet: bool) -> bool:
+    """--progress/--no-progress, else a bar when stderr is a terminal and not -q."""
+    return progress if progress is not None else sys.stderr.isatty() and not quiet
+
+
 class Output:
     """Display choices (never copy settings): JSON (one document or one object per event) or a
     summary, itemized changes, a log file. Nothing written here may end in a traceback."""
@@ -116,7 +122,7 @@ class Output:
             err(f"pcopy: --delete skipped: {report.failed} entries failed (--delete-anyway deletes anyway)")
         if report.delete_limited:
             err("pcopy: --delete stopped by --max-delete: more entries would be deleted than "
-                 "allowed; nothing was deleted")
+                "allowed; nothing was deleted")
         code = report.exit_code
         written = True
         if self.json_report or self.json_lines:

@@ -88,9 +88,9 @@ def run(plain: Plain) -> int:
     # (tests/test_fastpath.py checks every field against it).
     config = Config(jobs=command.local_jobs(plain.jobs, default_jobs()), jobs_auto=plain.jobs is None,
                     preserve_owner=root, preserve_group=root)
-    show_bar = plain.progress if plain.progress is not None else sys.stderr.isatty() and not plain.quiet
     output = command.Output(json_report=False, quiet=plain.quiet, itemize=False, log=None)
-    return command.run(plain.src, plain.dst, config, show_bar, output, jobs_given=plain.jobs is not None)
+    return command.run(plain.src, plain.dst, config, command.bar_wanted(plain.progress, plain.quiet), output,
+                       jobs_given=plain.jobs is not None)
 
 
 def main(plain: Plain) -> NoReturn:

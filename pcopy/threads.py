@@ -63,7 +63,7 @@ def waits() -> int | None:
 def waits_since(before: int | None) -> int | None:
     """Voluntary context switches since waits() returned `before`."""
     now = waits() if before is not None else None
-    return now - before if now is not None and before is not None else None
+    return None if now is None or before is None else now - before
 
 T = TypeVar("T")
 
