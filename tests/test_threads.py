@@ -26,9 +26,9 @@ from pcopy.runner import CopyRun
 from pcopy.threads import Concurrency, each
 
 
-def helpers_alive() -> list[str]:
-    """each()'s helper threads still running (other tests may leave threads of their own)."""
-    return [t.name for t in threading.enumerate() if "helper_run" in t.name]
+def helpers_alive() -> int:
+    """Tasks each() handed to helper threads that have not returned (idle helpers may wait)."""
+    return threads.running_helpers()
 
 
 def feed(c: Concurrency, kind: str, rate: float, utilisation: float, items: int = 200,
@@ -266,6 +266,80 @@ def test_a_stop_in_the_main_thread_stops_the_others_and_they_clean_up() -> None:
     assert len(cleaned) == 8  # every thread left its entry through its clean-up
     assert not helpers_alive()
     threads.reset()
+
+
+def _idents(n_items: int, n_threads: int) -> set[int]:
+    """The threads one each() ran its items on (the calling thread left out)."""
+    seen: set[int] = set()
+    barrier = threading.Barrier(n_threads, timeout=5)
+
+    def work(i: int, part: JobResult) -> None:
+        if i < n_threads:
+            barrier.wait()  # every thread takes one of the first items: all of them run
+        seen.add(threading.get_ident())
+
+    each(range(n_items), work, JobResult(1), n_threads)
+    return seen - {threading.get_ident()}
+
+
+def test_helper_threads_are_kept_for_the_next_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "IDLE_S", 5.0)
+    first = _idents(40, 8)
+    assert len(first) == 7
+    assert threads.idle_helpers() >= 7
+    started: list[object] = []
+    real = threads._thread.start_new_thread
+
+    def counted(*args: Any) -> int:
+        started.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(threads._thread, "start_new_thread", counted)
+    second = _idents(40, 8)
+    assert (second, started) == (first, [])  # the same seven threads, none started
+
+
+def test_idle_helpers_end_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "IDLE_S", 0.05)
+    before = threading.active_count()
+    _idents(40, 8)
+    deadline = time.monotonic() + 5
+    while (threads.idle_helpers() or threading.active_count() > before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threads.idle_helpers() == 0
+    assert threading.active_count() <= before
+
+
+def test_a_helper_whose_wait_ends_as_it_is_handed_a_task_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Phases a helper's idle time apart, hundreds of times: each item runs exactly once and
+    no phase waits for a helper that left."""
+    for trial in range(300):
+        monkeypatch.setattr(threads, "IDLE_S", 0.001 * (trial % 4))
+        seen: list[int] = []
+        each(range(12), lambda i, part: seen.append(i), JobResult(1), 4)
+        assert sorted(seen) == list(range(12)), trial
+        time.sleep(0.001 * (trial % 3))
+    assert not helpers_alive()
+
+
+def _phase_in_child(conn: Any) -> None:
+    ran = _idents(40, 4)
+    conn.send((threads.idle_helpers(), len(ran)))
+    os._exit(0)
+
+
+def test_a_forked_child_starts_its_own_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "IDLE_S", 5.0)
+    _idents(40, 4)  # helpers idle in this process when it forks
+    assert threads.idle_helpers() >= 3
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=_phase_in_child, args=(there,))
+    child.start()
+    assert here.poll(10)
+    idle, ran_on = here.recv()
+    child.join(5)
+    assert (ran_on, idle) == (3, 3)  # three threads of its own (its parent's are not there)
 
 
 def _slow_dir_job(src: str, dst: str, ready: multiprocessing.synchronize.Event, where: str) -> None:  # type: ignore[name-defined]
