@@ -4,6 +4,7 @@ removing their temporary files."""
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import signal
@@ -303,7 +304,8 @@ def test_idle_helpers_end_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(threads, "IDLE_S", 0.05)
     before = threading.active_count()
     _idents(40, 8)
-    deadline = time.monotonic() + 5
+    # (helpers an earlier test left may be in a wait begun at its IDLE_S, up to 5 s)
+    deadline = time.monotonic() + 15
     while (threads.idle_helpers() or threading.active_count() > before) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert threads.idle_helpers() == 0
@@ -317,7 +319,15 @@ def _count_item(i: int, part: JobResult) -> None:
 
 def test_a_helper_whose_wait_ends_as_it_is_handed_a_task_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Phases a helper's idle time apart, hundreds of times: each item runs exactly once and
-    no phase waits for a helper that left."""
+    no phase waits for a helper that left (a hang ends the test run with every thread's stack)."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        _hand_overs(monkeypatch)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _hand_overs(monkeypatch: pytest.MonkeyPatch) -> None:
     for trial in range(300):
         monkeypatch.setattr(threads, "IDLE_S", 0.001 * (trial % 4))
         result = JobResult(1)
