@@ -104,6 +104,10 @@ class Mount:
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True)
         self.point.mkdir(parents=True, exist_ok=True)
+        if os.path.ismount(self.point):
+            # (the wait below would return at once, and every count would be another daemon's)
+            raise SystemExit(f"crosscheck: {self.point} is already a mount point (a stale mount? "
+                             f"fusermount3 -u {self.point})")
         with open(WORK / "delayfs.log", "w") as log:
             proc = subprocess.Popen([daemon_python(), str(HERE / "delayfs.py"), str(self.backing), str(self.point),
                                      str(self.delay_ms), str(self.state)], stdout=log, stderr=log)
