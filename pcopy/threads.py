@@ -339,11 +339,14 @@ def _serve(helper: _Helper) -> None:
         helper.task = None
         try:
             fn(*args)
-        finally:
-            with _idle_lock:
-                _idle.append(helper)  # (idle before done: the job's next phase finds it)
+        except BaseException:  # (a helper that ends here must not be handed another task)
             _live.discard(done)
             done.release()
+            raise
+        with _idle_lock:
+            _idle.append(helper)  # (idle before done: the job's next phase finds it)
+        _live.discard(done)
+        done.release()
         if not helper.go.acquire(timeout=IDLE_S):
             with _idle_lock:
                 if helper in _idle:  # no one took it: it ends
