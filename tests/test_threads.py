@@ -337,21 +337,21 @@ def _hand_overs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not helpers_alive()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (its own exception)
 def test_a_helper_whose_task_raises_is_not_handed_another(monkeypatch: pytest.MonkeyPatch) -> None:
     """(each's tasks catch everything; this is the pool's own guard.) Its phase is told the task
     ended, and it never goes back to the idle helpers, where the next task would wait forever."""
     monkeypatch.setattr(threads, "IDLE_S", 5.0)
     monkeypatch.setattr(threads, "_idle", [])  # (helpers of other tests out of the way)
-    died: list[Any] = []
+    reported = threading.Event()  # the thread's exception reached the hook: the thread has ended
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.set())
 
     def bug() -> None:
-        died.append(threading.get_ident())
         raise RuntimeError("a task that raises")
 
     done = threads._launch(bug, ())
     assert done.acquire(timeout=5)
-    assert died and threads.idle_helpers() == 0 and not helpers_alive()
+    assert reported.wait(5)
+    assert threads.idle_helpers() == 0 and not helpers_alive()
     result = JobResult(1)
     each(range(12), _count_item, result, 4)  # (new helpers: would hang on one handed to the dead)
     assert result.files == 12
