@@ -270,7 +270,12 @@ class Storm:
             if code != 0:
                 problems.append(f"exit {code}, expected 0 (stderr: {err.strip()[-300:]!r})")
         elif row == "kill-parent":
-            if code != -signal.SIGKILL:
+            if code == 0:
+                # It exited between the storm's last look (poll) and the kill, which then hit a
+                # process already ended: the copy finished, so it must be whole.
+                if not dst.exists() or digest_tree(dst) != self.source_digest:
+                    problems.append("exit 0 as SIGKILL was sent, yet the copy is not complete")
+            elif code != -signal.SIGKILL:
                 problems.append(f"exit {code} after SIGKILL")
         else:
             sig, sent = first
@@ -285,7 +290,7 @@ class Storm:
             problems.append(f"{len(lines)} lines on stderr: {err[-300:]!r}")
         self._check_gone(proc.pid, ended, problems)
         temps = [n for _, _, files in os.walk(dst) for n in files if ".pcopy-" in n]
-        if temps and row != "kill-parent":  # a SIGKILLed pcopy cannot clean up: the re-run does
+        if temps and (row != "kill-parent" or code == 0):  # a SIGKILLed pcopy cannot clean up: the re-run does
             problems.append(f"temporary files left: {temps[:3]}")
         copied = digest_tree(dst) if dst.exists() else {}
         for rel, value in copied.items():
