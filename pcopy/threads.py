@@ -311,7 +311,9 @@ _idle_lock = _thread.allocate_lock()
 
 def _launch(fn: Callable[..., None], args: tuple[Any, ...]) -> Any:
     """fn(*args) on a helper thread, an idle one if there is one; returns the lock it releases
-    once fn has returned (fn must not raise). Call with signals blocked."""
+    once fn has returned. fn should catch what it raises: a helper whose fn raised ends (with
+    the unraisable-exception report) instead of waiting for the next task. Call with signals
+    blocked."""
     done = _thread.allocate_lock()
     done.acquire()
     _live.add(done)
