@@ -27,11 +27,6 @@ from pcopy.runner import CopyRun
 from pcopy.threads import Concurrency, each
 
 
-def helpers_alive() -> int:
-    """Tasks each() handed to helper threads that have not returned (idle helpers may wait)."""
-    return threads.running_helpers()
-
-
 def feed(c: Concurrency, kind: str, rate: float, utilisation: float, items: int = 200,
          waits: int | None = None) -> None:
     """One window of `items` entries at this rate and CPU share, started now (waits: its
@@ -238,7 +233,7 @@ def test_each_raises_a_bug_in_work_after_the_other_threads_end() -> None:
     with pytest.raises(ValueError, match="bug"):
         each(range(50), work, JobResult(1), 4)
     assert len(running) < 50  # the others stopped taking items
-    assert not helpers_alive()
+    assert not threads.running_helpers()
 
 
 def test_a_stop_in_the_main_thread_stops_the_others_and_they_clean_up() -> None:
@@ -265,7 +260,7 @@ def test_a_stop_in_the_main_thread_stops_the_others_and_they_clean_up() -> None:
         each(range(20), work, JobResult(1), 8)
     assert time.monotonic() - t0 < 0.5 + threads.STOP_GRACE_S
     assert len(cleaned) == 8  # every thread left its entry through its clean-up
-    assert not helpers_alive()
+    assert not threads.running_helpers()
     threads.reset()
 
 
@@ -334,7 +329,7 @@ def _hand_overs(monkeypatch: pytest.MonkeyPatch) -> None:
         each(range(12), _count_item, result, 4)
         assert (result.files, result.bytes) == (12, sum(range(12))), trial
         time.sleep(0.001 * (trial % 3))
-    assert not helpers_alive()
+    assert not threads.running_helpers()
 
 
 def test_a_helper_whose_task_raises_is_not_handed_another(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -351,7 +346,7 @@ def test_a_helper_whose_task_raises_is_not_handed_another(monkeypatch: pytest.Mo
     done = threads._launch(bug, ())
     assert done.acquire(timeout=5)
     assert reported.wait(5)
-    assert threads.idle_helpers() == 0 and not helpers_alive()
+    assert threads.idle_helpers() == 0 and not threads.running_helpers()
     result = JobResult(1)
     each(range(12), _count_item, result, 4)  # (new helpers: would hang on one handed to the dead)
     assert result.files == 12
