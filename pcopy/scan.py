@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 
-from pcopy import threads
+from pcopy import lookupstat, threads
 from pcopy.dirs import NotADirectory, may_hold_leftovers, prepare_dir
 from pcopy.jobs import STEP_COMPARE, STEP_MKDIR, STEP_WALK, CopyFailure, DirJob, FoundDir, JobResult, Kind, ScanJob
 from pcopy.walk import list_dir, make_entry
@@ -38,8 +38,10 @@ def scan_dir(job: ScanJob, dst_fd: int | None, src_fd: int | None) -> tuple[JobR
     found: list[FoundDir] = []  # appends are atomic: threads share these two lists
     not_dirs: list[str] = []
 
+    quick = src_fd is not None and bool(subdirs) and lookupstat.on_fuse(src_fd)
+
     def make(name: str, part: JobResult) -> None:
-        made = _make_subdir(job, name, src_fd, dst_fd, part, not_dirs)
+        made = _make_subdir(job, name, src_fd, dst_fd, part, not_dirs, quick)
         if made is not None:
             found.append(made)
 
@@ -62,13 +64,15 @@ def scan_dir(job: ScanJob, dst_fd: int | None, src_fd: int | None) -> tuple[JobR
 
 
 def _make_subdir(job: ScanJob, name: str, src_fd: int | None, dst_fd: int | None, part: JobResult,
-                 not_dirs: list[str]) -> FoundDir | None:
+                 not_dirs: list[str], quick: bool = False) -> FoundDir | None:
     """stat one subdirectory and make its destination; None when it is not to be entered (a
-    failure, recorded in part; a loop; or no longer a directory: then it goes to not_dirs)."""
+    failure, recorded in part; a loop; or no longer a directory: then it goes to not_dirs).
+    quick: src_fd is on FUSE, the stat is pcopy.lookupstat's."""
     options = job.options
     src = os.path.join(job.src_dir, name)
     try:
-        st = (os.stat(name, dir_fd=src_fd, follow_symlinks=options.dereference) if src_fd is not None
+        st = (lookupstat.stat_at(name, src_fd, follow_symlinks=options.dereference) if quick and src_fd is not None
+              else os.stat(name, dir_fd=src_fd, follow_symlinks=options.dereference) if src_fd is not None
               else os.stat(src, follow_symlinks=options.dereference))
     except OSError as exc:
         part.failures.append(CopyFailure.of(src, exc, STEP_WALK))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
-from pcopy import bwlimit, threads
+from pcopy import bwlimit, lookupstat, threads
 from pcopy.backup import back_up
 from pcopy.config import PROGRESS_BYTES, PROGRESS_INTERVAL_S
 from pcopy.errors import WorkerStop
@@ -503,6 +503,8 @@ def _run_dir_open(job: DirJob, progress: _Progress | None, fds: _DirFds) -> JobR
     lean = _Lean.of(job, dst_dir)
     if lean is None:
         fds = fds.source_only()  # the general path names destination files by full paths
+    elif lean.check_dst and fds.dst is not None:
+        lean.quick_dst = lookupstat.on_fuse(fds.dst)
     return _run_dir_in(job, progress, result, on_bytes, dst_dir, lean, fds)
 
 
@@ -567,11 +569,14 @@ def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_b
     # (name, stat, task): task None for a file the lean path copies (no EntryTask built).
     todo: list[tuple[str, os.stat_result, EntryTask | None]] = []  # appends are atomic (threads)
     limit = _threads(job.options)
+    # On FUSE: the attributes each name's LOOKUP returns (one round trip per name, not two).
+    quick = fds.src is not None and lookupstat.on_fuse(fds.src)
 
     def look(name: str, part: JobResult) -> None:
         src = src_prefix + name
         try:
-            st = (os.stat(name, dir_fd=fds.src, follow_symlinks=follow) if fds.src is not None
+            st = (lookupstat.stat_at(name, fds.src, follow_symlinks=follow) if quick and fds.src is not None
+                  else os.stat(name, dir_fd=fds.src, follow_symlinks=follow) if fds.src is not None
                   else os.stat(src, follow_symlinks=follow))
         except OSError as exc:
             part.failures.append(CopyFailure.of(src, exc, STEP_STAT))
@@ -634,11 +639,12 @@ class _Lean:
     about a third of a 20,000-file copy's CPU. Anything else takes the general path."""
 
     __slots__ = ("buffer_bytes", "check_dst", "devices_dst", "euid", "group", "hand_back_links", "new_gid",
-                 "odd_bits", "owner", "read_threads", "slow_dst", "split_bytes", "src_flags")
+                 "odd_bits", "owner", "quick_dst", "read_threads", "slow_dst", "split_bytes", "src_flags")
 
     def __init__(self, job: DirJob, dst_dir: DstDir) -> None:
         options = job.options
         self.check_dst = job.check_dst
+        self.quick_dst = False  # the quick check's lstat by pcopy.lookupstat (DST on FUSE)
         self.split_bytes = job.split_bytes
         self.hand_back_links = job.hand_back_links
         self.odd_bits = 0o7000 | current_umask()  # bits a file cannot simply be created with
@@ -680,7 +686,7 @@ class _Lean:
         try:
             replacing = False
             if self.check_dst:
-                there = _existing(dst_at, fds.dst, dst)
+                there = _existing(dst_at, fds.dst, dst, quick=self.quick_dst)
                 if there is not None:
                     state = _file_up_to_date(dst, size, st.st_mtime_ns, st.st_mode, there)
                     if state != DST_DIFFERS:
@@ -765,11 +771,14 @@ def dst_state(task: EntryTask) -> int:
     return DST_SAME if _same_symlink(task, there) else DST_DIFFERS
 
 
-def _existing(dst: str, dir_fd: int | None = None, shown: str | None = None) -> os.stat_result | None:
+def _existing(dst: str, dir_fd: int | None = None, shown: str | None = None, *,
+              quick: bool = False) -> os.stat_result | None:
     """The lstat of what is at dst (a name in dir_fd, if given), None when nothing is. A
-    directory where a non-directory belongs is an error (naming `shown`), never replaced."""
+    directory where a non-directory belongs is an error (naming `shown`), never replaced.
+    quick: dir_fd is on FUSE, the lstat is pcopy.lookupstat's."""
     try:
-        there = os.lstat(dst, dir_fd=dir_fd)
+        there = (lookupstat.stat_at(dst, dir_fd, follow_symlinks=False) if quick and dir_fd is not None
+                 else os.lstat(dst, dir_fd=dir_fd))
     except FileNotFoundError:
         return None
     if stat.S_ISDIR(there.st_mode):

@@ -85,6 +85,9 @@ def test_a_tree_goes_to_slow_storage_and_back_with_many_requests_in_flight(
     assert (report["files"], report["failed"]) == (files, 0)
     assert_same_tree(before, back, atime=False)  # (the mount's atimes moved as it was read)
     assert read["max_in_flight"] > 10, read
+    # A name's stat takes the attributes its LOOKUP returned (pcopy.lookupstat): measured 12.2
+    # requests per file without, 11.1 with.
+    assert total_ops(read) / files < 11.6, str({k: v for k, v in read["ops"].items() if v})
     assert temp_leftovers(back) == [] and temp_leftovers(mount.backing / "tree") == []
 
     mount.reset()
@@ -92,8 +95,9 @@ def test_a_tree_goes_to_slow_storage_and_back_with_many_requests_in_flight(
     rerun = mount.counters()
     assert (report["files"], report["skipped"]) == (0, files)
     # One look per file at DST (rsync -a needs 3.6 round trips per file on this mount), plus a
-    # few per directory; no directory of an up-to-date tree is listed.
-    assert total_ops(rerun) / files < 4.0, str({k: v for k, v in rerun["ops"].items() if v})
+    # few per directory; no directory of an up-to-date tree is listed. The look is one LOOKUP
+    # where a plain lstat adds a GETATTR (pcopy.lookupstat): measured 3.6 without, 2.6 with.
+    assert total_ops(rerun) / files < 3.0, str({k: v for k, v in rerun["ops"].items() if v})
     assert rerun["ops"].get("READDIR", 0) == 0, rerun["ops"]
 
 
@@ -132,9 +136,33 @@ def test_a_deep_tree_goes_to_slow_storage_whole(mount: SlowMount, tmp_path: Path
     assert temp_leftovers(mount.backing / "deep") == []
     # Its up-to-date re-run: directories are opened relative to held ancestors and stat'ed
     # top-down from their parents (pcopy.opendirs), not by paths from the top of the mount at
-    # every depth. Requests per file, measured: 9.7 before that, 6.5 after; rsync -a 7.9.
+    # every depth. Requests per file, measured: 9.7 before that, 6.5 after; rsync -a 7.9; 5.5-5.6
+    # once a name's stat is its LOOKUP alone (pcopy.lookupstat).
     mount.reset()
     report = pcopy(str(root), str(mount.mountpoint / "deep"))
     assert (report["files"], report["failed"]) == (0, 0)
     rerun = mount.counters()
-    assert total_ops(rerun) / report["skipped"] < 7.5, str({k: v for k, v in rerun["ops"].items() if v})
+    assert total_ops(rerun) / report["skipped"] < 6.0, str({k: v for k, v in rerun["ops"].items() if v})
+
+
+def test_a_change_made_behind_the_mount_is_seen_by_the_next_run(mount: SlowMount, src: Path, tmp_path: Path) -> None:
+    """The quick check's stats on this mount take the attributes of each name's LOOKUP
+    (pcopy.lookupstat), not a GETATTR of their own: a file changed since the last run, on
+    either side, behind the kernel's back (as another client of a server would), is copied
+    again, and only it."""
+    dst = mount.mountpoint / "changes"
+    pcopy(str(src), str(dst))
+    back = tmp_path / "back"
+    pcopy(str(dst), str(back))
+    behind = mount.backing / "changes" / "d3" / "f05.txt"
+    old = behind.stat()
+    behind.write_bytes(b"z" * old.st_size)  # same size, another mtime
+    os.utime(behind, ns=(old.st_atime_ns, old.st_mtime_ns + 1_000_000_000))
+    report = pcopy(str(src), str(dst))  # DST changed: copied again from SRC
+    assert (report["files"], report["skipped"]) == (1, DIRS * FILES_PER_DIR)
+    assert behind.read_bytes() == (src / "d3" / "f05.txt").read_bytes()
+    behind.write_bytes(b"w" * old.st_size)  # now a source changed, for the copy back
+    os.utime(behind, ns=(old.st_atime_ns, old.st_mtime_ns + 2_000_000_000))
+    report = pcopy(str(dst), str(back))
+    assert (report["files"], report["skipped"]) == (1, DIRS * FILES_PER_DIR)
+    assert (back / "d3" / "f05.txt").read_bytes() == b"w" * old.st_size

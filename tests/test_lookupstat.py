@@ -1,0 +1,150 @@
+"""pcopy.lookupstat: a stat of a name that takes the attributes its LOOKUP returned (statx with
+AT_STATX_DONT_SYNC), used on FUSE mounts only. It must give what os.stat gives, field by field,
+raise as os.stat raises, tell FUSE mounts from the others without a request, and cost one
+request on a FUSE mount where os.stat costs two."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import slowfs
+
+from pcopy import lookupstat
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="statx is Linux's")
+
+FIELDS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime", "st_mtime",
+          "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize", "st_blocks", "st_rdev")
+
+
+@pytest.fixture
+def api() -> Iterator[None]:
+    """statx loaded as on a machine with a FUSE mount (this one may have none)."""
+    saved = lookupstat._api
+    lookupstat._api = lookupstat._load()
+    if lookupstat._api is None:
+        pytest.skip("no statx in this C library")
+    try:
+        yield
+    finally:
+        lookupstat._api = saved
+
+
+def assert_same_stat(got: os.stat_result, want: os.stat_result, *, atime: bool = True) -> None:
+    for field in FIELDS:
+        if atime or "atime" not in field:
+            assert getattr(got, field) == getattr(want, field), field
+    if atime:
+        assert tuple(got) == tuple(want)
+
+
+def test_every_kind_of_entry_stats_as_os_stat_does(api: None, tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x" * 5000)
+    os.utime(tmp_path / "file", ns=(1_234_567_891_123_456_789, 987_654_321_987_654_321))
+    (tmp_path / "dir").mkdir(mode=0o750)
+    os.symlink("file", tmp_path / "link")
+    os.symlink("missing", tmp_path / "dangling")
+    os.mkfifo(tmp_path / "fifo", 0o640)
+    os.link(tmp_path / "file", tmp_path / "hard")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    dev = os.open("/dev", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for where, name in [(fd, n) for n in ("file", "dir", "link", "dangling", "fifo", "hard", "sock")] + [
+                (dev, "null"), (dev, "zero")]:
+            for follow in (False, True):
+                if follow and name == "dangling":
+                    continue
+                assert_same_stat(lookupstat.stat_at(name, where, follow_symlinks=follow),
+                                 os.stat(name, dir_fd=where, follow_symlinks=follow))
+        assert stat.S_ISCHR(lookupstat.stat_at("null", dev, follow_symlinks=False).st_mode)
+        assert lookupstat.stat_at("null", dev, follow_symlinks=False).st_rdev == os.makedev(1, 3)
+        assert lookupstat.stat_at("file", fd, follow_symlinks=False).st_mtime_ns == 987_654_321_987_654_321
+    finally:
+        os.close(fd)
+        os.close(dev)
+        sock.close()
+
+
+def test_failures_raise_as_os_stat_does(api: None, tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    os.symlink("missing", tmp_path / "dangling")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name, follow, kind in [("nothing", False, FileNotFoundError), ("file/x", False, NotADirectoryError),
+                                   ("dangling", True, FileNotFoundError)]:
+            with pytest.raises(kind) as caught:
+                lookupstat.stat_at(name, fd, follow_symlinks=follow)
+            assert caught.value.filename == name
+            with pytest.raises(kind):
+                os.stat(name, dir_fd=fd, follow_symlinks=follow)
+    finally:
+        os.close(fd)
+
+
+def test_the_mount_table_tells_fuse_mounts(tmp_path: Path) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_text(
+        "22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+        "29 22 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        "40 29 0:35 / /mnt/ssh rw,nosuid,nodev shared:20 master:3 - fuse.sshfs me@host:/ rw,user_id=0\n"
+        "41 29 0:36 / /mnt/plain rw - fuse DelayFS rw\n"
+        "42 29 8:17 / /mnt/ntfs rw - fuseblk /dev/sdb1 rw\n"
+        "43 29 0:37 / /mnt/nfs rw - nfs4 server:/x rw\n"
+        "44 29 0:38 / /sys/fs/fuse/connections rw - fusectl fusectl rw\n"
+        "a line that is not a mount\n"
+        "45 29 0:39 / /mnt/vm rw - virtiofs share rw\n")
+    assert lookupstat.read_mounts(str(table)) == {
+        os.makedev(0, 21): False, os.makedev(8, 1): False, os.makedev(0, 35): True, os.makedev(0, 36): True,
+        os.makedev(8, 17): True, os.makedev(0, 37): False, os.makedev(0, 38): False, os.makedev(0, 39): True}
+    assert lookupstat.read_mounts(str(tmp_path / "absent")) == {}
+
+
+def test_a_local_directory_is_not_fuse(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert lookupstat.on_fuse(fd) is False
+    finally:
+        os.close(fd)
+
+
+def test_on_a_fuse_mount_one_request_where_os_stat_makes_two(tmp_path_factory: pytest.TempPathFactory,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with slowfs(tmp_path_factory, "lookupstat", 0.0) as mount:
+        root = mount.backing / "d"
+        root.mkdir()
+        for i in range(20):
+            (root / f"f{i}").write_bytes(b"y" * i)
+        os.symlink("f1", root / "link")
+        fd = os.open(mount.mountpoint / "d", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # As in a process that looked before the mount was made: no FUSE, until it looks again.
+            monkeypatch.setattr(lookupstat, "_fuse_devs", {})
+            monkeypatch.setattr(lookupstat, "_api", None)
+            monkeypatch.setattr(lookupstat, "_read_at", time.monotonic())
+            assert lookupstat.on_fuse(fd) is False
+            monkeypatch.setattr(lookupstat, "RECHECK_S", 0.0)
+            assert lookupstat.on_fuse(fd) is True
+            names = sorted(os.listdir(root))
+            mount.reset()
+            plain = [os.stat(name, dir_fd=fd, follow_symlinks=False) for name in names]
+            plain_ops = mount.counters()["ops"]
+            mount.reset()
+            quick = [lookupstat.stat_at(name, fd, follow_symlinks=False) for name in names]
+            quick_ops = mount.counters()["ops"]
+        finally:
+            os.close(fd)
+    for got, want in zip(quick, plain, strict=True):
+        assert_same_stat(got, want, atime=False)
+    asked = {op: n for op, n in plain_ops.items() if n}
+    assert asked.get("LOOKUP") == len(names) and asked.get("GETATTR", 0) >= len(names), asked
+    assert quick_ops.get("LOOKUP") == len(names), quick_ops
+    assert sum(quick_ops.values()) == sum(plain_ops.values()) - len(names), (quick_ops, plain_ops)
