@@ -59,6 +59,9 @@ class CopyOptions(NamedTuple):
     # the start): large files are then written in 1 MiB requests and read by several threads.
     slow_dst: bool = False
     read_threads: int = 0  # > 1: a large file from a slow SRC is read by this many threads
+    # Devices (FUSE mounts that cache no names, probed by the parent) where a name's stat takes
+    # the attributes its LOOKUP returned: one round trip instead of two (pcopy.lookupstat).
+    lookup_devs: tuple[int, ...] = ()
 
 
 # CopyOptions.compare values (ints: compared once per file in the workers).

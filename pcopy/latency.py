@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pcopy.lookupstat import lookup_devs
+
 # Above this, calls are round trips (the fastest LAN round trip is ~50-100 us; a local metadata
 # call on a loaded machine stays below ~20 us at its minimum).
 ROUND_TRIP_S = 50e-6
@@ -153,15 +155,21 @@ def probe_latency(path: str | os.PathLike[str], samples: int = SAMPLES,
 
 
 def storage_options(src: str, dst: str) -> dict[str, Any]:
-    """What a copy from src to dst should know of their storage (CopyOptions.slow_dst and
-    read_threads; docs/benchmarks-slow.md, "Large files"): each probed at its nearest existing
-    directory. A few microseconds on local file systems, a few round trips on slow ones."""
+    """What a copy from src to dst should know of their storage (CopyOptions.slow_dst,
+    read_threads and lookup_devs; docs/benchmarks-slow.md, "Large files"): each probed at its
+    nearest existing directory. A few microseconds on local file systems, a few round trips on
+    slow ones (and ~22 ms on a FUSE mount, pcopy.lookupstat)."""
     src_s = probe_latency(src)
     dst_s = probe_latency(dst, nearest=True)
     read_threads = 0
     if src_s is not None and src_s > ROUND_TRIP_S:
         read_threads = MANY_READ_THREADS if src_s >= MANY_THREADS_FROM_S else READ_THREADS
-    return {"slow_dst": dst_s is not None and dst_s > ROUND_TRIP_S, "read_threads": read_threads}
+    slow_dst = dst_s is not None and dst_s > ROUND_TRIP_S
+    # (DST only where it exists: a new one has nothing to stat)
+    slow = [(path, seconds) for path, seconds in ((src, src_s), (dst, dst_s))
+            if seconds is not None and seconds > ROUND_TRIP_S]
+    devs = lookup_devs(slow) if slow else ()
+    return {"slow_dst": slow_dst, "read_threads": read_threads, "lookup_devs": devs}
 
 
 def is_round_trip_storage(path: str | os.PathLike[str], threshold_s: float = ROUND_TRIP_S) -> bool | None:

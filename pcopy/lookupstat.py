@@ -6,18 +6,18 @@ the name, whose reply carries the attributes, and a GETATTR, because the kernel 
 attributes it was just given as already expired. statx() with AT_STATX_DONT_SYNC returns the
 attributes the kernel holds instead of asking again.
 
-On FUSE these are never older than the name's entry: a name whose entry timeout has passed is
-looked up again on the way (fuse_dentry_revalidate), and the LOOKUP's reply refreshes them. So
-the answer is at most entry_timeout old where a plain stat's is at most attr_timeout old; with
-both 0 (benchmarks/slowfs, delayfs) it is as fresh. What pcopy does with the stat also guards
-it: the copy of a file whose size or mtime changed since is discarded (ChangedError, from a
-fresh fstat after the bytes are read).
-
-Other network file systems are left alone: NFS and SMB revalidate a name without refreshing its
-inode's attributes, so DONT_SYNC there can return attributes of any age. FUSE is told by the
-device of the directory (asked with DONT_SYNC too: no round trip) against /proc/self/mountinfo.
-Linux only; elsewhere, without statx in the C library, or for a mount that does not fill the
-basic fields, plain os.stat.
+That is as fresh as os.stat only where every stat resolves its name with a LOOKUP: a mount
+that keeps no name valid (entry_timeout 0; benchmarks/slowfs and delayfs, and latency-bound
+mounts generally). Where names are cached, the attributes held can be older than a plain stat
+would return: the kernel marks them stale when this machine changes the file (a write, a
+rename) and only a GETATTR, which DONT_SYNC skips, refreshes them. So the parent probes each
+slow side once (lookup_devs: a FUSE mount by /proc/self/mountinfo, whose names are looked up
+again one kernel tick later), the jobs carry the devices that passed, and a worker takes this
+stat only in a directory on one of them (dev_of: asked with DONT_SYNC, no request). NFS and SMB
+are never among them: they revalidate a name without refreshing its attributes. A file whose
+size or mtime changed after its stat is not copied anyway (ChangedError, from a fresh fstat
+after its bytes are read). Linux only; elsewhere, without statx in the C library, or for a
+mount that does not fill the basic fields, plain os.stat.
 
 Measured on benchmarks/slowfs/delayfs.py (2026-12-02): a stat relative to an open directory,
 2 requests with os.stat, 1 with stat_at.
@@ -72,12 +72,11 @@ def _load() -> tuple[Any, Any] | None:
 
 
 _lock = threading.Lock()
-_fuse_devs: dict[int, bool] | None = None  # st_dev -> is a FUSE mount, from /proc/self/mountinfo
 _api: tuple[Any, Any] | None = None
-_read_at = 0.0
-# With no FUSE mount seen, the table is read again after this long (a long-lived process that
-# imported pcopy before a mount was made); with one, whenever a directory's device is new.
-RECHECK_S = 5.0
+_api_loaded = False
+# Longer than a kernel tick at HZ=100: a FUSE name looked up in one tick counts as valid until
+# the next, whatever its entry_timeout.
+_TICK_S = 0.011
 
 
 def _forget_lock() -> None:
@@ -123,32 +122,103 @@ def read_mounts(path: str = "/proc/self/mountinfo") -> dict[int, bool]:
     return devs
 
 
-def on_fuse(dir_fd: int) -> bool:
-    """Whether the open directory dir_fd is on a FUSE mount (where stat_at saves a round trip).
-    No request reaches the file system: its device comes from the kernel's cached inode."""
-    global _fuse_devs, _api, _read_at
+def _load_api() -> bool:
+    global _api, _api_loaded
     with _lock:
-        if _fuse_devs is None or (_api is None and time.monotonic() - _read_at > RECHECK_S):
-            _fuse_devs, _read_at = read_mounts(), time.monotonic()
-            _api = _load() if any(_fuse_devs.values()) else None
-        if _api is None:  # (no FUSE mount at the last look, or no statx)
-            return False
+        if not _api_loaded:
+            _api, _api_loaded = _load(), True
+    return _api is not None
+
+
+def dev_of(dir_fd: int) -> int | None:
+    """The device of the open directory dir_fd, with no request to its file system (the
+    kernel's cached inode); None without statx."""
+    if not _load_api():
+        return None
     try:
         buf = _statx(dir_fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, "")
     except OSError:
-        return False
-    dev = os.makedev(buf.dev_major, buf.dev_minor)
-    with _lock:
-        devs = _fuse_devs
-        if dev not in devs:  # a mount made since the last read (or a btrfs subvolume: never)
-            devs.update(read_mounts())
-            devs.setdefault(dev, False)
-        return devs[dev]
+        return None
+    return os.makedev(buf.dev_major, buf.dev_minor)
+
+
+def quick_in(dir_fd: int | None, devs: tuple[int, ...]) -> bool:
+    """Whether the stats of names in the open directory dir_fd may be stat_at's: its device is
+    one of devs (a job's CopyOptions.lookup_devs)."""
+    return bool(devs) and dir_fd is not None and dev_of(dir_fd) in devs
+
+
+def _timed(dir_fd: int, name: bytes) -> float:
+    started = time.perf_counter()
+    _statx(dir_fd, name, _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, "")
+    return time.perf_counter() - started
+
+
+def _named_in(where: str, name: str | None, fuse: dict[int, bool]) -> tuple[int, int, bytes] | None:
+    """(device, where opened, name) when where is on a FUSE mount (fuse: read_mounts()) and
+    name (None: the first one listed in it) is on the same mount; None otherwise, and then
+    nothing is left open."""
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        dev = dev_of(fd)
+        if dev is not None and fuse.get(dev, False):
+            if name is None:
+                with os.scandir(fd) as entries:
+                    name = next((entry.name for entry in entries), None)
+            if name is not None:
+                buf = _statx(fd, os.fsencode(name), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, name)
+                if os.makedev(buf.dev_major, buf.dev_minor) == dev:
+                    return dev, fd, os.fsencode(name)
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _candidate(directory: str, fuse: dict[int, bool]) -> tuple[int, int, bytes] | None:
+    """A name to probe directory's mount with: its own name in its parent, or where it is the
+    root of its mount (its name is then the parent mount's), the first name listed in it (one
+    READDIR; an up-to-date re-run lists nothing else)."""
+    path = os.path.abspath(directory)
+    parent, name = os.path.split(path)
+    return (_named_in(parent, name, fuse) if name else None) or _named_in(path, None, fuse)
+
+
+def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
+    """The devices of those directories where stat_at is as fresh as os.stat: a FUSE mount
+    whose kernel keeps no name valid past the tick it was looked up in (entry_timeout 0). Told
+    by timing a stat_at of a name in it one tick after the last: a LOOKUP, a round trip, where
+    names are not cached; no request where they are. Twice, both taking more than half the
+    directory's round trip (its seconds in sides, pcopy.latency's probe), so a preempted cache
+    hit cannot pass for a round trip. Costs ~22 ms and a few requests, on FUSE mounts only."""
+    found: list[tuple[int, int, bytes, float]] = []
+    if _load_api():
+        fuse = read_mounts()
+        for directory, round_trip_s in dict(sides).items():
+            if (candidate := _candidate(directory, fuse)) is not None:
+                found.append((*candidate, round_trip_s / 2))
+    if not found:
+        return ()
+    uncached = {dev: True for dev, _fd, _name, _s in found}
+    try:
+        for _ in range(2):
+            time.sleep(_TICK_S)
+            for dev, fd, name, threshold_s in found:
+                uncached[dev] = uncached[dev] and _timed(fd, name) > threshold_s
+    except OSError:
+        uncached.clear()
+    finally:
+        for _dev, fd, _name, _s in found:
+            os.close(fd)
+    return tuple(dev for dev, yes in uncached.items() if yes)
 
 
 def stat_at(name: str, dir_fd: int, *, follow_symlinks: bool) -> os.stat_result:
     """os.stat(name, dir_fd=dir_fd, follow_symlinks=...) taking the attributes the kernel holds
-    after resolving the name. Only for a dir_fd on_fuse() said yes to."""
+    after resolving the name. Only for a directory on a device lookup_devs() returned."""
     flags = _AT_STATX_DONT_SYNC | (0 if follow_symlinks else _AT_SYMLINK_NOFOLLOW)
     buf = _statx(dir_fd, os.fsencode(name), flags, name)
     if buf.mask & _STATX_BASIC_STATS != _STATX_BASIC_STATS:

@@ -84,6 +84,8 @@ class CopyRun:
         self.progress = progress
         self.report = CopyReport()
         storage = storage_options(target.src, target.dst) if target is not None else {}
+        if config.engine != "local":
+            storage.pop("lookup_devs", None)  # (device numbers name mounts of this machine only)
         slow = bool(storage) and (storage["slow_dst"] or storage["read_threads"] > 0)
         if slow and config.jobs_auto and config.engine == "local":
             config = dataclasses.replace(config, jobs=config.jobs * SLOW_JOBS_PER_CPU)

@@ -38,7 +38,7 @@ def scan_dir(job: ScanJob, dst_fd: int | None, src_fd: int | None) -> tuple[JobR
     found: list[FoundDir] = []  # appends are atomic: threads share these two lists
     not_dirs: list[str] = []
 
-    quick = src_fd is not None and bool(subdirs) and lookupstat.on_fuse(src_fd)
+    quick = bool(subdirs) and lookupstat.quick_in(src_fd, options.lookup_devs)
 
     def make(name: str, part: JobResult) -> None:
         made = _make_subdir(job, name, src_fd, dst_fd, part, not_dirs, quick)

@@ -503,8 +503,8 @@ def _run_dir_open(job: DirJob, progress: _Progress | None, fds: _DirFds) -> JobR
     lean = _Lean.of(job, dst_dir)
     if lean is None:
         fds = fds.source_only()  # the general path names destination files by full paths
-    elif lean.check_dst and fds.dst is not None:
-        lean.quick_dst = lookupstat.on_fuse(fds.dst)
+    elif lean.check_dst:
+        lean.quick_dst = lookupstat.quick_in(fds.dst, job.options.lookup_devs)
     return _run_dir_in(job, progress, result, on_bytes, dst_dir, lean, fds)
 
 
@@ -569,8 +569,9 @@ def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_b
     # (name, stat, task): task None for a file the lean path copies (no EntryTask built).
     todo: list[tuple[str, os.stat_result, EntryTask | None]] = []  # appends are atomic (threads)
     limit = _threads(job.options)
-    # On FUSE: the attributes each name's LOOKUP returns (one round trip per name, not two).
-    quick = fds.src is not None and lookupstat.on_fuse(fds.src)
+    # On a FUSE mount that caches no names: the attributes each name's LOOKUP returns (one
+    # round trip per name, not two).
+    quick = lookupstat.quick_in(fds.src, job.options.lookup_devs)
 
     def look(name: str, part: JobResult) -> None:
         src = src_prefix + name
@@ -644,7 +645,7 @@ class _Lean:
     def __init__(self, job: DirJob, dst_dir: DstDir) -> None:
         options = job.options
         self.check_dst = job.check_dst
-        self.quick_dst = False  # the quick check's lstat by pcopy.lookupstat (DST on FUSE)
+        self.quick_dst = False  # the quick check's lstat by pcopy.lookupstat (see _run_dir_open)
         self.split_bytes = job.split_bytes
         self.hand_back_links = job.hand_back_links
         self.odd_bits = 0o7000 | current_umask()  # bits a file cannot simply be created with

@@ -257,7 +257,7 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def slowfs(factory: pytest.TempPathFactory, name: str, delay_ms: float) -> Iterator[Any]:
+def slowfs(factory: pytest.TempPathFactory, name: str, delay_ms: float, cache_s: float = 0.0) -> Iterator[Any]:
     """benchmarks/slowfs mounted (a FUSE pass-through adding delay_ms to every request) for the
     block, under a fresh temporary directory; skips where FUSE cannot be used (setup.sh installs
     what it needs). Yields its slowmount.SlowMount."""
@@ -268,7 +268,7 @@ def slowfs(factory: pytest.TempPathFactory, name: str, delay_ms: float) -> Itera
     if reason:
         pytest.skip(f"FUSE not usable here: {reason}")
     base = factory.mktemp(name)
-    slow = SlowMount(base / "backing", base / "mnt", delay_ms=delay_ms)
+    slow = SlowMount(base / "backing", base / "mnt", delay_ms=delay_ms, cache_s=cache_s)
     try:
         slow.start()
     except SlowfsUnavailable as exc:

@@ -56,9 +56,12 @@ def pcopy(*args: str) -> dict[str, object]:
 
 
 def test_the_probe_tells_slow_storage_from_local(mount: SlowMount, tmp_path: Path) -> None:
-    assert storage_options(str(tmp_path), str(tmp_path / "new" / "dst")) == {"slow_dst": False, "read_threads": 0}
+    assert storage_options(str(tmp_path), str(tmp_path / "new" / "dst")) == {
+        "slow_dst": False, "read_threads": 0, "lookup_devs": ()}
+    (mount.backing / "probed").mkdir(exist_ok=True)  # (a name for pcopy.lookupstat's probe)
     slow = storage_options(str(mount.mountpoint), str(mount.mountpoint / "not" / "there" / "yet"))
     assert slow["slow_dst"] is True and slow["read_threads"] > 1
+    assert slow["lookup_devs"] == (os.stat(mount.mountpoint).st_dev,)  # (a mount that caches no names)
 
 
 def test_a_tree_goes_to_slow_storage_and_back_with_many_requests_in_flight(

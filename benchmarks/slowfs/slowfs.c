@@ -1,13 +1,14 @@
 /*
  * slowfs: a latency-injecting FUSE pass-through file system for pcopy's slow-storage benchmark.
  *
- *     slowfs [--delay-ms MS] [--threads N] [--stats FILE] [--debug] BACKING MOUNTPOINT
+ *     slowfs [--delay-ms MS] [--threads N] [--cache-s S] [--stats FILE] [--debug] BACKING MOUNTPOINT
  *
  * Mounts BACKING at MOUNTPOINT. Every request the kernel sends that a network file system would
  * send to its server (LOOKUP, GETATTR, SETATTR, OPEN, CREATE, READ, WRITE, READDIR, MKDIR, RENAME,
  * UNLINK, FLUSH, RELEASE, FSYNC, ...) first sleeps MS milliseconds, then does the real work on
  * BACKING. Nothing is cached: entry, attribute and negative timeouts are 0 (like NFS with
- * actimeo=0), the page cache is dropped at every open, writes go straight through.
+ * actimeo=0), the page cache is dropped at every open, writes go straight through. --cache-s
+ * gives names and attributes a timeout of S seconds instead (a caching FUSE mount, for tests).
  *
  * The sleep is per request and the requests are served by a pool of up to N threads (default
  * 256; libfuse's own default of 10 would cap the requests in flight), so concurrent requests
@@ -66,6 +67,7 @@ static uint64_t max_in_flight;
 static uint64_t seq;
 static struct timespec delay_ts;
 static const char *stats_path;
+static double cache_s; /* entry and attribute timeout (--cache-s; 0: nothing cached) */
 
 static uint64_t now_ns(void)
 {
@@ -221,6 +223,7 @@ static int do_lookup(fuse_ino_t parent, const char *name, struct fuse_entry_para
         pthread_mutex_unlock(&table_lock);
     }
     e->ino = (uintptr_t)node;
+    e->entry_timeout = e->attr_timeout = cache_s;
     return 0;
 }
 
@@ -306,7 +309,7 @@ static void sf_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     if (res == -1)
         fuse_reply_err(req, errno);
     else
-        fuse_reply_attr(req, &st, 0.0);
+        fuse_reply_attr(req, &st, cache_s);
     end(t);
 }
 
@@ -345,7 +348,7 @@ static void sf_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int va
     if (res == -1)
         fuse_reply_err(req, errno);
     else
-        fuse_reply_attr(req, &st, 0.0);
+        fuse_reply_attr(req, &st, cache_s);
     end(t);
 }
 
@@ -685,9 +688,10 @@ static const struct fuse_lowlevel_ops ops = {
 static int usage(const char *argv0, int code)
 {
     fprintf(code ? stderr : stdout,
-            "usage: %s [--delay-ms MS] [--threads N] [--stats FILE] [--debug] BACKING MOUNTPOINT\n"
+            "usage: %s [--delay-ms MS] [--threads N] [--cache-s S] [--stats FILE] [--debug] BACKING MOUNTPOINT\n"
             "  --delay-ms MS  sleep this long in every request (default 1; 0: a plain pass-through)\n"
             "  --threads N    at most N requests served at once (default 256)\n"
+            "  --cache-s S    names and attributes stay valid S seconds (default 0: nothing cached)\n"
             "  --stats FILE   write per-request counters as JSON: SIGUSR1 writes, SIGUSR2 resets\n"
             "                 and writes, unmount writes a last time\n"
             "  --debug        libfuse's request log on stderr\n",
@@ -718,6 +722,12 @@ int main(int argc, char *argv[])
             threads = strtol(argv[++i], &rest, 10);
             if (*rest || threads < 1 || threads > 100000) {
                 fprintf(stderr, "slowfs: --threads wants a whole number, 1-100000\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--cache-s") && i + 1 < argc) {
+            cache_s = strtod(argv[++i], &rest);
+            if (*rest || cache_s < 0 || cache_s > 86400) {
+                fprintf(stderr, "slowfs: --cache-s wants a number of seconds, 0-86400\n");
                 return 2;
             }
         } else if (!strcmp(a, "--stats") && i + 1 < argc) {

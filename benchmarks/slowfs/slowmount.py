@@ -77,11 +77,12 @@ class SlowMount:
     """One slowfs daemon: BACKING mounted at MOUNTPOINT with a fixed delay per request."""
 
     def __init__(self, backing: Path, mountpoint: Path, delay_ms: float, threads: int = 256,
-                 stats_path: Path | None = None) -> None:
+                 stats_path: Path | None = None, cache_s: float = 0.0) -> None:
         self.backing = Path(backing)
         self.mountpoint = Path(mountpoint)
         self.delay_ms = delay_ms
         self.threads = threads
+        self.cache_s = cache_s  # names and attributes valid this long (0: nothing cached)
         self.stats_path = stats_path or self.mountpoint.parent / f".{self.mountpoint.name}.stats.json"
         self.process: subprocess.Popen[bytes] | None = None
         self._log_path = self.stats_path.with_suffix(".log")
@@ -105,7 +106,8 @@ class SlowMount:
         with open(self._log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [str(binary), "--delay-ms", repr(self.delay_ms), "--threads", str(self.threads),
-                 "--stats", str(self.stats_path), str(self.backing), str(self.mountpoint)],
+                 "--cache-s", repr(self.cache_s), "--stats", str(self.stats_path), str(self.backing),
+                 str(self.mountpoint)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + MOUNT_WAIT_S
         while not (os.path.ismount(self.mountpoint) and self.stats_path.exists()):
