@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import sys
 import threading
 import time
@@ -156,8 +157,9 @@ def _timed(dir_fd: int, name: bytes) -> float:
 
 def _named_in(where: str, name: str | None, fuse: dict[int, bool]) -> tuple[int, int, bytes] | None:
     """(device, where opened, name) when where is on a FUSE mount (fuse: read_mounts()) and
-    name (None: the first one listed in it) is on the same mount; None otherwise, and then
-    nothing is left open."""
+    name, a directory (None: the first name listed in where), is on the same mount; None
+    otherwise, and then nothing is left open."""
+    listed = name is None
     try:
         fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -170,7 +172,8 @@ def _named_in(where: str, name: str | None, fuse: dict[int, bool]) -> tuple[int,
                     name = next((entry.name for entry in entries), None)
             if name is not None:
                 buf = _statx(fd, os.fsencode(name), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, name)
-                if os.makedev(buf.dev_major, buf.dev_minor) == dev:
+                # (a directory named in its parent: a file's copy stats no names, nothing to probe)
+                if os.makedev(buf.dev_major, buf.dev_minor) == dev and (listed or stat.S_ISDIR(buf.mode)):
                     return dev, fd, os.fsencode(name)
     except OSError:
         pass

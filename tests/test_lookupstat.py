@@ -131,6 +131,10 @@ def test_only_a_fuse_mount_that_caches_no_names_is_probed_in(
         where = str(mount.mountpoint / "d")
         devs = lookupstat.lookup_devs([(where, 1e-3), (str(mount.mountpoint / "empty"), 1e-3)])
         assert devs == ((os.stat(where).st_dev,) if cache_s == 0 else ())
+        # The mount's root (its name is its parent's): a name listed in it is probed instead.
+        # A file is not probed (a file's copy stats no names).
+        assert lookupstat.lookup_devs([(str(mount.mountpoint), 1e-3)]) == devs
+        assert lookupstat.lookup_devs([(where + "/f", 1e-3)]) == ()
 
 
 def test_on_a_fuse_mount_one_request_where_os_stat_makes_two(tmp_path_factory: pytest.TempPathFactory) -> None:
