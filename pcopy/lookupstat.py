@@ -78,6 +78,9 @@ _api_loaded = False
 # Longer than a kernel tick at HZ=100: a FUSE name looked up in one tick counts as valid until
 # the next, whatever its entry_timeout.
 _TICK_S = 0.011
+# The shortest round trip for which the probe is made (its bar is half of it: see lookup_devs).
+# A mount that fast makes a request cost little anyway.
+PROBE_FROM_S = 200e-6
 
 
 def _forget_lock() -> None:
@@ -196,11 +199,15 @@ def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
     by timing a stat_at of a name in it one tick after the last: a LOOKUP, a round trip, where
     names are not cached; no request where they are. Twice, both taking more than half the
     directory's round trip (its seconds in sides, pcopy.latency's probe), so a preempted cache
-    hit cannot pass for a round trip. Costs ~22 ms and a few requests, on FUSE mounts only."""
+    hit cannot pass for a round trip. Only where that round trip is PROBE_FROM_S or more: a
+    cache hit through ctypes took up to 36 us on a loaded machine here, and must stay well
+    below the bar. Costs ~22 ms and a few requests, on FUSE mounts only."""
     found: list[tuple[int, int, bytes, float]] = []
     if _load_api():
         fuse = read_mounts()
         for directory, round_trip_s in dict(sides).items():
+            if round_trip_s < PROBE_FROM_S:
+                continue
             if (candidate := _candidate(directory, fuse)) is not None:
                 found.append((*candidate, round_trip_s / 2))
     if not found:

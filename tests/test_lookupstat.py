@@ -135,6 +135,8 @@ def test_only_a_fuse_mount_that_caches_no_names_is_probed_in(
         # A file is not probed (a file's copy stats no names).
         assert lookupstat.lookup_devs([(str(mount.mountpoint), 1e-3)]) == devs
         assert lookupstat.lookup_devs([(where + "/f", 1e-3)]) == ()
+        # Nor a mount whose round trip is too short to tell from a cache hit's call.
+        assert lookupstat.lookup_devs([(where, lookupstat.PROBE_FROM_S / 2)]) == ()
 
 
 def test_on_a_fuse_mount_one_request_where_os_stat_makes_two(tmp_path_factory: pytest.TempPathFactory) -> None:
