@@ -165,7 +165,7 @@ def storage_options(src: str, dst: str) -> dict[str, Any]:
     if src_s is not None and src_s > ROUND_TRIP_S:
         read_threads = MANY_READ_THREADS if src_s >= MANY_THREADS_FROM_S else READ_THREADS
     slow_dst = dst_s is not None and dst_s > ROUND_TRIP_S
-    # (DST only where it exists: a new one has nothing to stat)
+    # (a DST not made yet gives the probe no name to time; a new DST has nothing to stat)
     slow = [(path, seconds) for path, seconds in ((src, src_s), (dst, dst_s))
             if seconds is not None and seconds > ROUND_TRIP_S]
     devs = lookup_devs(slow) if slow else ()

@@ -67,7 +67,7 @@ def _make_subdir(job: ScanJob, name: str, src_fd: int | None, dst_fd: int | None
                  not_dirs: list[str], quick: bool = False) -> FoundDir | None:
     """stat one subdirectory and make its destination; None when it is not to be entered (a
     failure, recorded in part; a loop; or no longer a directory: then it goes to not_dirs).
-    quick: src_fd is on FUSE, the stat is pcopy.lookupstat's."""
+    quick: src_fd is on one of options.lookup_devs, the stat is pcopy.lookupstat's."""
     options = job.options
     src = os.path.join(job.src_dir, name)
     try:

@@ -569,8 +569,8 @@ def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_b
     # (name, stat, task): task None for a file the lean path copies (no EntryTask built).
     todo: list[tuple[str, os.stat_result, EntryTask | None]] = []  # appends are atomic (threads)
     limit = _threads(job.options)
-    # On a FUSE mount that caches no names: the attributes each name's LOOKUP returns (one
-    # round trip per name, not two).
+    # On a FUSE mount that caches no names (options.lookup_devs): the attributes each name's
+    # LOOKUP returns (one round trip per name, not two).
     quick = lookupstat.quick_in(fds.src, job.options.lookup_devs)
 
     def look(name: str, part: JobResult) -> None:
@@ -776,7 +776,7 @@ def _existing(dst: str, dir_fd: int | None = None, shown: str | None = None, *,
               quick: bool = False) -> os.stat_result | None:
     """The lstat of what is at dst (a name in dir_fd, if given), None when nothing is. A
     directory where a non-directory belongs is an error (naming `shown`), never replaced.
-    quick: dir_fd is on FUSE, the lstat is pcopy.lookupstat's."""
+    quick: dir_fd is on one of the job's lookup_devs, the lstat is pcopy.lookupstat's."""
     try:
         there = (lookupstat.stat_at(dst, dir_fd, follow_symlinks=False) if quick and dir_fd is not None
                  else os.lstat(dst, dir_fd=dir_fd))
