@@ -78,6 +78,8 @@ _api_loaded = False
 # Longer than a kernel tick at HZ=100: a FUSE name looked up in one tick counts as valid until
 # the next, whatever its entry_timeout.
 _TICK_S = 0.011
+_POLL_S = 0.001  # (at HZ=1000 a tick; the probe then takes ~2-3 ms)
+_PROBE_LIMIT_S = 1.0  # a mount still undecided then (round trips of ~0.5 s) is left out
 # The shortest round trip for which the probe is made (its bar is half of it: see lookup_devs).
 # A mount that fast makes a request cost little anyway.
 PROBE_FROM_S = 200e-6
@@ -195,13 +197,17 @@ def _candidate(directory: str, fuse: dict[int, bool]) -> tuple[int, int, bytes] 
 
 def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
     """The devices of those directories where stat_at is as fresh as os.stat: a FUSE mount
-    whose kernel keeps no name valid past the tick it was looked up in (entry_timeout 0). Told
-    by timing a stat_at of a name in it one tick after the last: a LOOKUP, a round trip, where
-    names are not cached; no request where they are. Twice, both taking more than half the
-    directory's round trip (its seconds in sides, pcopy.latency's probe), so a preempted cache
-    hit cannot pass for a round trip. Only where that round trip is PROBE_FROM_S or more: a
-    cache hit through ctypes took up to 36 us on a loaded machine here, and must stay well
-    below the bar. Costs ~22 ms and a few requests, on FUSE mounts only."""
+    whose kernel keeps no name valid past the tick it was looked up in (entry_timeout 0).
+
+    Told by timing stat_at of a name on it every millisecond: a LOOKUP, a round trip, once the
+    kernel tick in which the name was last looked up has passed where names are not cached;
+    never a request where they are. A mount passes with two such round trips, each within
+    _TICK_S (a tick at HZ=100) of the last, a sample counting as one when it takes more than
+    half the directory's round trip (its seconds in sides, pcopy.latency's probe): one
+    preempted cache hit cannot pass for both. Only where that round trip is PROBE_FROM_S or
+    more: a cache hit through ctypes took up to 36 us on a loaded machine here, and must stay
+    well below the bar. Costs two ticks (2-20 ms by the kernel's HZ) where names are not
+    cached, _TICK_S where they are, and 3-5 requests; nothing off FUSE."""
     found: list[tuple[int, int, bytes, float]] = []
     if _load_api():
         fuse = read_mounts()
@@ -209,15 +215,30 @@ def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
             if round_trip_s < PROBE_FROM_S:
                 continue
             if (candidate := _candidate(directory, fuse)) is not None:
+                if any(candidate[0] == dev for dev, _fd, _name, _s in found):
+                    os.close(candidate[1])  # (SRC and DST on one mount: probed once)
+                    continue
                 found.append((*candidate, round_trip_s / 2))
     if not found:
         return ()
-    uncached = {dev: True for dev, _fd, _name, _s in found}
+    started = time.monotonic()
+    looked_up: dict[int, list[float]] = {dev: [started] for dev, _fd, _name, _s in found}
+    uncached: dict[int, bool] = {}
     try:
-        for _ in range(2):
-            time.sleep(_TICK_S)
+        while len(uncached) < len(found) and time.monotonic() - started < _PROBE_LIMIT_S:
+            time.sleep(_POLL_S)
             for dev, fd, name, threshold_s in found:
-                uncached[dev] = uncached[dev] and _timed(fd, name) > threshold_s
+                if dev in uncached:
+                    continue
+                round_trip = _timed(fd, name) > threshold_s
+                now = time.monotonic()
+                times = looked_up[dev]
+                if round_trip:
+                    times.append(now)
+                    if len(times) == 3:  # (the name's first stat, in _candidate, and two more)
+                        uncached[dev] = True
+                elif now - times[-1] > _TICK_S:
+                    uncached[dev] = False  # a tick gone without a LOOKUP: names are cached
     except OSError:
         uncached.clear()
     finally:

@@ -185,3 +185,43 @@ def test_a_change_made_through_a_caching_mount_is_seen_by_the_next_run(
         again = pc_json(src, dst, "-j", "2")
         assert (again["files"], again["skipped"]) == (1, 4)
         assert (dst / "f2").read_bytes() == b"a" * 100
+
+
+@pytest.mark.parametrize(("samples", "passes"), [
+    ("SS", True),  # a LOOKUP each tick: names are not cached
+    ("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF", False),  # never a request: cached
+    ("SFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF", False),  # one slow call (preempted) is not enough
+    ("FFSFFS", True),  # a tick may take a few polls to pass
+])
+def test_the_probe_needs_two_round_trips_a_tick_apart(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, samples: str, passes: bool) -> None:
+    """lookup_devs' decision, with the timed stats scripted (S: took a round trip, F: did not)
+    and one kernel tick made 5 ms."""
+    opened: list[int] = []
+
+    def candidate(directory: str, fuse: object) -> tuple[int, int, bytes]:
+        opened.append(os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY))
+        return 7, opened[-1], b"x"
+
+    script = iter(samples)
+    monkeypatch.setattr(lookupstat, "_load_api", lambda: True)
+    monkeypatch.setattr(lookupstat, "_candidate", candidate)
+    monkeypatch.setattr(lookupstat, "_timed", lambda dir_fd, name: 1.0 if next(script, "F") == "S" else 0.0)
+    monkeypatch.setattr(lookupstat, "_TICK_S", 0.005)
+    # Two directories on one mount (SRC and DST): probed once, its answer given once.
+    assert lookupstat.lookup_devs([(str(tmp_path), 1e-3), (str(tmp_path / "same-mount"), 1e-3)]) == (
+        (7,) if passes else ())
+    assert len(opened) == 2
+    for fd in opened:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # (closed by the probe)
+
+
+def test_a_probe_that_cannot_decide_ends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    monkeypatch.setattr(lookupstat, "_load_api", lambda: True)
+    monkeypatch.setattr(lookupstat, "_candidate", lambda directory, fuse: (7, fd, b"x"))
+    monkeypatch.setattr(lookupstat, "_timed", lambda dir_fd, name: 0.0)  # (cached, but no tick ever passes)
+    monkeypatch.setattr(lookupstat, "_TICK_S", 3600.0)
+    monkeypatch.setattr(lookupstat, "_PROBE_LIMIT_S", 0.05)
+    assert lookupstat.lookup_devs([(str(tmp_path), 1e-3)]) == ()
