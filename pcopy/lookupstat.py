@@ -42,8 +42,9 @@ _FUSE_TYPES = ("fuse", "fuseblk", "virtiofs")
 
 
 def _load() -> tuple[Any, Any] | None:
-    """(libc's statx, struct statx) where both exist; ctypes is imported only on a machine with
-    a FUSE mount (a worker's start-up stays as it was everywhere else)."""
+    """(libc's statx, struct statx) where both exist. Called (ctypes imported) only by a run
+    with a slow side to probe and by its workers when the jobs carry lookup_devs: a copy on
+    local storage starts as it did."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
