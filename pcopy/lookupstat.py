@@ -207,8 +207,10 @@ def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
     half the directory's round trip (its seconds in sides, pcopy.latency's probe): one
     preempted cache hit cannot pass for both. Only where that round trip is PROBE_FROM_S or
     more: a cache hit through ctypes took up to 36 us on a loaded machine here, and must stay
-    well below the bar. Costs two ticks (2-20 ms by the kernel's HZ) where names are not
-    cached, _TICK_S where they are, and 3-5 requests; nothing off FUSE."""
+    well below the bar. (A mount whose names stay valid less than _TICK_S passes too: the
+    attributes a stat then takes are at most that old.) Costs two ticks (2-20 ms by the
+    kernel's HZ) where names are not cached, _TICK_S where they are, and 3-5 requests; nothing
+    off FUSE."""
     found: list[tuple[int, int, bytes, float]] = []
     if _load_api():
         fuse = read_mounts()
