@@ -76,9 +76,10 @@ def _load() -> tuple[Any, Any] | None:
 _lock = threading.Lock()
 _api: tuple[Any, Any] | None = None
 _api_loaded = False
-# Longer than a kernel tick at HZ=100: a FUSE name looked up in one tick counts as valid until
-# the next, whatever its entry_timeout.
-_TICK_S = 0.011
+# How long after a name's last LOOKUP a stat of it may still be answered from the cache where
+# names are not cached: until the kernel's next tick (10 ms at HZ=100, the slowest), plus the
+# probe's polling interval and margin. A mount passes the probe only with LOOKUPs this close.
+_TICK_S = 0.015
 _POLL_S = 0.001  # (at HZ=1000 a tick; the probe then takes ~2-3 ms)
 _PROBE_LIMIT_S = 1.0  # a mount still undecided then (round trips of ~0.5 s) is left out
 # The shortest round trip for which the probe is made (its bar is half of it: see lookup_devs).
@@ -203,7 +204,7 @@ def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
     Told by timing stat_at of a name on it every millisecond: a LOOKUP, a round trip, once the
     kernel tick in which the name was last looked up has passed where names are not cached;
     never a request where they are. A mount passes with two such round trips, each within
-    _TICK_S (a tick at HZ=100) of the last, a sample counting as one when it takes more than
+    _TICK_S (a tick at HZ=100, with margin) of the last, a sample counting as one when it takes more than
     half the directory's round trip (its seconds in sides, pcopy.latency's probe): one
     preempted cache hit cannot pass for both. Only where that round trip is PROBE_FROM_S or
     more: a cache hit through ctypes took up to 36 us on a loaded machine here, and must stay
