@@ -1,7 +1,8 @@
 """pcopy.lookupstat: a stat of a name that takes the attributes its LOOKUP returned (statx with
-AT_STATX_DONT_SYNC), used on FUSE mounts only. It must give what os.stat gives, field by field,
-raise as os.stat raises, tell FUSE mounts from the others without a request, and cost one
-request on a FUSE mount where os.stat costs two."""
+AT_STATX_DONT_SYNC), used on FUSE mounts that cache no names. It must give what os.stat gives,
+field by field, raise as os.stat raises, cost one request on such a mount where os.stat costs
+two, and the parent's probe must pass such mounts only: not local ones, not one that caches
+names (where the re-run would miss a change made through the mount)."""
 
 from __future__ import annotations
 
@@ -24,16 +25,14 @@ FIELDS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_siz
 
 
 @pytest.fixture
-def api() -> Iterator[None]:
-    """statx loaded as on a machine with a FUSE mount (this one may have none)."""
-    saved = lookupstat._api
-    lookupstat._api = lookupstat._load()
-    if lookupstat._api is None:
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """statx loaded, as in a run that probes a slow side."""
+    loaded = lookupstat._load()
+    if loaded is None:
         pytest.skip("no statx in this C library")
-    try:
-        yield
-    finally:
-        lookupstat._api = saved
+    monkeypatch.setattr(lookupstat, "_api", loaded)
+    monkeypatch.setattr(lookupstat, "_api_loaded", True)
+    yield
 
 
 def assert_same_stat(got: os.stat_result, want: os.stat_result, *, atime: bool = True) -> None:
