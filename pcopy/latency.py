@@ -158,18 +158,16 @@ def storage_options(src: str, dst: str) -> dict[str, Any]:
     """What a copy from src to dst should know of their storage (CopyOptions.slow_dst,
     read_threads and lookup_devs; docs/benchmarks-slow.md, "Large files"): each probed at its
     nearest existing directory. A few microseconds on local file systems, a few round trips on
-    slow ones (and ~22 ms on a FUSE mount, pcopy.lookupstat)."""
+    slow ones (on a FUSE mount ~9 more and two kernel ticks, pcopy.lookupstat)."""
     src_s = probe_latency(src)
     dst_s = probe_latency(dst, nearest=True)
     read_threads = 0
     if src_s is not None and src_s > ROUND_TRIP_S:
         read_threads = MANY_READ_THREADS if src_s >= MANY_THREADS_FROM_S else READ_THREADS
-    slow_dst = dst_s is not None and dst_s > ROUND_TRIP_S
     # (a DST not made yet gives the probe no name to time; a new DST has nothing to stat)
-    slow = [(path, seconds) for path, seconds in ((src, src_s), (dst, dst_s))
-            if seconds is not None and seconds > ROUND_TRIP_S]
-    devs = lookup_devs(slow) if slow else ()
-    return {"slow_dst": slow_dst, "read_threads": read_threads, "lookup_devs": devs}
+    devs = lookup_devs([(path, seconds) for path, seconds in ((src, src_s), (dst, dst_s)) if seconds is not None])
+    return {"slow_dst": dst_s is not None and dst_s > ROUND_TRIP_S, "read_threads": read_threads,
+            "lookup_devs": devs}
 
 
 def is_round_trip_storage(path: str | os.PathLike[str], threshold_s: float = ROUND_TRIP_S) -> bool | None:

@@ -41,10 +41,10 @@ _STATX_BASIC_STATS = 0x7FF
 _FUSE_TYPES = ("fuse", "fuseblk", "virtiofs")
 
 
-def _load() -> tuple[Any, Any] | None:
-    """(libc's statx, struct statx) where both exist. Called (ctypes imported) only by a run
-    with a slow side to probe and by its workers when the jobs carry lookup_devs: a copy on
-    local storage starts as it did."""
+def _load() -> tuple[Any, ...] | None:
+    """(libc's statx, struct statx, ctypes.byref, ctypes.get_errno) where statx exists. Called
+    (ctypes imported) only by a run with a slow side to probe and by its workers when the jobs
+    carry lookup_devs: a copy on local storage starts as it did."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -70,11 +70,11 @@ def _load() -> tuple[Any, Any] | None:
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(Statx)]
     call.restype = ctypes.c_int
-    return call, Statx
+    return call, Statx, ctypes.byref, ctypes.get_errno
 
 
 _lock = threading.Lock()
-_api: tuple[Any, Any] | None = None
+_api: tuple[Any, ...] | None = None
 _api_loaded = False
 # How long after a name's last LOOKUP a stat of it may still be answered from the cache where
 # names are not cached: until the kernel's next tick (10 ms at HZ=100, the slowest), plus the
@@ -98,13 +98,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _statx(dir_fd: int, name: bytes, flags: int, shown: str) -> Any:
-    import ctypes
-
     assert _api is not None
-    call, statx_type = _api
+    call, statx_type, byref, get_errno = _api
     buf = statx_type()
-    while call(dir_fd, name, flags, _STATX_BASIC_STATS, ctypes.byref(buf)) != 0:
-        err = ctypes.get_errno()
+    while call(dir_fd, name, flags, _STATX_BASIC_STATS, byref(buf)) != 0:
+        err = get_errno()
         if err != errno.EINTR:  # (retried, as os.stat does since PEP 475)
             raise OSError(err, os.strerror(err), shown)
     return buf
@@ -213,12 +211,11 @@ def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
     parent, three LOOKUPs, slowfs's permission GETATTRs) and two ticks where names are not
     cached: 5.8 / 13.7 / 44 ms on slowfs at 0.25 / 1 / 5 ms per request; ~16-22 ms and 2
     requests where they are; nothing off FUSE."""
+    probed = {directory: s for directory, s in sides if s >= PROBE_FROM_S}
     found: list[tuple[int, int, bytes, float]] = []
-    if _load_api():
+    if probed and _load_api():
         fuse = read_mounts()
-        for directory, round_trip_s in dict(sides).items():
-            if round_trip_s < PROBE_FROM_S:
-                continue
+        for directory, round_trip_s in probed.items():
             if (candidate := _candidate(directory, fuse)) is not None:
                 if any(candidate[0] == dev for dev, _fd, _name, _s in found):
                     os.close(candidate[1])  # (SRC and DST on one mount: probed once)
@@ -252,9 +249,10 @@ def lookup_devs(sides: list[tuple[str, float]]) -> tuple[int, ...]:
     return tuple(dev for dev, yes in uncached.items() if yes)
 
 
-def stat_at(name: str, dir_fd: int, *, follow_symlinks: bool) -> os.stat_result:
-    """os.stat(name, dir_fd=dir_fd, follow_symlinks=...) taking the attributes the kernel holds
-    after resolving the name. Only for a directory on a device lookup_devs() returned."""
+def stat_at(name: str, *, dir_fd: int, follow_symlinks: bool = True) -> os.stat_result:
+    """os.stat(name, dir_fd=dir_fd, follow_symlinks=...), called the same way, taking the
+    attributes the kernel holds after resolving the name. Only for a directory on a device
+    lookup_devs() returned."""
     flags = _AT_STATX_DONT_SYNC | (0 if follow_symlinks else _AT_SYMLINK_NOFOLLOW)
     buf = _statx(dir_fd, os.fsencode(name), flags, name)
     if buf.mask & _STATX_BASIC_STATS != _STATX_BASIC_STATS:

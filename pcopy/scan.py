@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 from pcopy import lookupstat, threads
 from pcopy.dirs import NotADirectory, may_hold_leftovers, prepare_dir
@@ -39,9 +40,10 @@ def scan_dir(job: ScanJob, dst_fd: int | None, src_fd: int | None) -> tuple[JobR
     not_dirs: list[str] = []
 
     quick = bool(subdirs) and lookupstat.quick_in(src_fd, options.lookup_devs)
+    stat_name = lookupstat.stat_at if quick else os.stat
 
     def make(name: str, part: JobResult) -> None:
-        made = _make_subdir(job, name, src_fd, dst_fd, part, not_dirs, quick)
+        made = _make_subdir(job, name, src_fd, dst_fd, part, not_dirs, stat_name)
         if made is not None:
             found.append(made)
 
@@ -64,15 +66,14 @@ def scan_dir(job: ScanJob, dst_fd: int | None, src_fd: int | None) -> tuple[JobR
 
 
 def _make_subdir(job: ScanJob, name: str, src_fd: int | None, dst_fd: int | None, part: JobResult,
-                 not_dirs: list[str], quick: bool = False) -> FoundDir | None:
+                 not_dirs: list[str], stat_name: Callable[..., os.stat_result] = os.stat) -> FoundDir | None:
     """stat one subdirectory and make its destination; None when it is not to be entered (a
     failure, recorded in part; a loop; or no longer a directory: then it goes to not_dirs).
-    quick: src_fd is on one of options.lookup_devs, the stat is pcopy.lookupstat's."""
+    stat_name: os.stat, or pcopy.lookupstat's where src_fd is on one of options.lookup_devs."""
     options = job.options
     src = os.path.join(job.src_dir, name)
     try:
-        st = (lookupstat.stat_at(name, src_fd, follow_symlinks=options.dereference) if quick and src_fd is not None
-              else os.stat(name, dir_fd=src_fd, follow_symlinks=options.dereference) if src_fd is not None
+        st = (stat_name(name, dir_fd=src_fd, follow_symlinks=options.dereference) if src_fd is not None
               else os.stat(src, follow_symlinks=options.dereference))
     except OSError as exc:
         part.failures.append(CopyFailure.of(src, exc, STEP_WALK))

@@ -571,13 +571,12 @@ def _run_dir_in(job: DirJob, progress: _Progress | None, result: JobResult, on_b
     limit = _threads(job.options)
     # On a FUSE mount that caches no names (options.lookup_devs): the attributes each name's
     # LOOKUP returns (one round trip per name, not two).
-    quick = lookupstat.quick_in(fds.src, job.options.lookup_devs)
+    stat_name = lookupstat.stat_at if lookupstat.quick_in(fds.src, job.options.lookup_devs) else os.stat
 
     def look(name: str, part: JobResult) -> None:
         src = src_prefix + name
         try:
-            st = (lookupstat.stat_at(name, fds.src, follow_symlinks=follow) if quick and fds.src is not None
-                  else os.stat(name, dir_fd=fds.src, follow_symlinks=follow) if fds.src is not None
+            st = (stat_name(name, dir_fd=fds.src, follow_symlinks=follow) if fds.src is not None
                   else os.stat(src, follow_symlinks=follow))
         except OSError as exc:
             part.failures.append(CopyFailure.of(src, exc, STEP_STAT))
@@ -778,7 +777,7 @@ def _existing(dst: str, dir_fd: int | None = None, shown: str | None = None, *,
     directory where a non-directory belongs is an error (naming `shown`), never replaced.
     quick: dir_fd is on one of the job's lookup_devs, the lstat is pcopy.lookupstat's."""
     try:
-        there = (lookupstat.stat_at(dst, dir_fd, follow_symlinks=False) if quick and dir_fd is not None
+        there = (lookupstat.stat_at(dst, dir_fd=dir_fd, follow_symlinks=False) if quick and dir_fd is not None
                  else os.lstat(dst, dir_fd=dir_fd))
     except FileNotFoundError:
         return None

@@ -61,11 +61,11 @@ def test_every_kind_of_entry_stats_as_os_stat_does(api: None, tmp_path: Path) ->
             for follow in (False, True):
                 if follow and name == "dangling":
                     continue
-                assert_same_stat(lookupstat.stat_at(name, where, follow_symlinks=follow),
+                assert_same_stat(lookupstat.stat_at(name, dir_fd=where, follow_symlinks=follow),
                                  os.stat(name, dir_fd=where, follow_symlinks=follow))
-        assert stat.S_ISCHR(lookupstat.stat_at("null", dev, follow_symlinks=False).st_mode)
-        assert lookupstat.stat_at("null", dev, follow_symlinks=False).st_rdev == os.makedev(1, 3)
-        assert lookupstat.stat_at("file", fd, follow_symlinks=False).st_mtime_ns == 987_654_321_987_654_321
+        assert stat.S_ISCHR(lookupstat.stat_at("null", dir_fd=dev, follow_symlinks=False).st_mode)
+        assert lookupstat.stat_at("null", dir_fd=dev, follow_symlinks=False).st_rdev == os.makedev(1, 3)
+        assert lookupstat.stat_at("file", dir_fd=fd, follow_symlinks=False).st_mtime_ns == 987_654_321_987_654_321
     finally:
         os.close(fd)
         os.close(dev)
@@ -80,7 +80,7 @@ def test_failures_raise_as_os_stat_does(api: None, tmp_path: Path) -> None:
         for name, follow, kind in [("nothing", False, FileNotFoundError), ("file/x", False, NotADirectoryError),
                                    ("dangling", True, FileNotFoundError)]:
             with pytest.raises(kind) as caught:
-                lookupstat.stat_at(name, fd, follow_symlinks=follow)
+                lookupstat.stat_at(name, dir_fd=fd, follow_symlinks=follow)
             assert caught.value.filename == name
             with pytest.raises(kind):
                 os.stat(name, dir_fd=fd, follow_symlinks=follow)
@@ -152,7 +152,7 @@ def test_on_a_fuse_mount_one_request_where_os_stat_makes_two(tmp_path_factory: p
             plain = [os.stat(name, dir_fd=fd, follow_symlinks=False) for name in names]
             plain_ops = mount.counters()["ops"]
             mount.reset()
-            quick = [lookupstat.stat_at(name, fd, follow_symlinks=False) for name in names]
+            quick = [lookupstat.stat_at(name, dir_fd=fd, follow_symlinks=False) for name in names]
             quick_ops = mount.counters()["ops"]
         finally:
             os.close(fd)
