@@ -155,7 +155,7 @@ def run(src: str, dst: str, config: Config, show_bar: bool, output: Output, jobs
     from pcopy.interrupts import InterruptGuard
     from pcopy.jobs import Kind
     from pcopy.progress import NullProgress, ProgressSink, TqdmProgress
-    from pcopy.report import format_failure
+    from pcopy.report import escape, format_failure
     from pcopy.runner import run_copy
     from pcopy.target import locate
 
@@ -180,8 +180,12 @@ def run(src: str, dst: str, config: Config, show_bar: bool, output: Output, jobs
         return output.refused(src, dst, exc)
     except CopyInterruptedError as exc:
         name = "SIGINT" if exc.exit_code == 130 else "SIGTERM"
-        kept = "; partial files kept for the next --partial run" if config.partial else ""
-        message = f"interrupted by {name}; temporary files removed, files under final names are complete{kept}"
+        if exc.kept is not None:
+            message = (f"interrupted by {name}; the new copy so far is kept in {escape(exc.kept)} "
+                       "(the same command again finishes it)")
+        else:
+            kept = "; partial files kept for the next --partial run" if config.partial else ""
+            message = f"interrupted by {name}; temporary files removed, files under final names are complete{kept}"
         err(f"pcopy: {message}")
         return output.interrupted(src, dst, exc.exit_code, message)
     except OSError as exc:

@@ -15,6 +15,7 @@ class CopyInterruptedError(BaseException):
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 128 + signum
+        self.kept: str | None = None  # a new DST's stage, kept for the next run (pcopy.stage)
 
 
 class WorkerStop(BaseException):

@@ -62,6 +62,9 @@ class CopyOptions(NamedTuple):
     # Devices (FUSE mounts that cache no names, probed by the parent) where a name's stat takes
     # the attributes its LOOKUP returned: one round trip instead of two (pcopy.lookupstat).
     lookup_devs: tuple[int, ...] = ()
+    # DST is a new directory's stage (pcopy.stage): nothing in it is visible until the run
+    # publishes it, so a file in a directory this run made is written under its final name.
+    staged: bool = False
 
 
 # CopyOptions.compare values (ints: compared once per file in the workers).

@@ -56,7 +56,7 @@ _COMPARE_CODES = {Compare.QUICK: COMPARE_QUICK, Compare.CHECKSUM: COMPARE_CHECKS
 def options_for(config: Config, preserve_owner: bool, preserve_group: bool | None = None, *,
                 dst_root: str = "", link_dest: tuple[str, ...] = (), backup_dir: str = "",
                 bwlimit_path: str = "", slow_dst: bool = False, read_threads: int = 0,
-                lookup_devs: tuple[int, ...] = ()) -> CopyOptions:
+                lookup_devs: tuple[int, ...] = (), staged: bool = False) -> CopyOptions:
     """The workers' options. link_dest and backup_dir are the resolved (absolute) directories,
     bwlimit_path the run's shared counters (pcopy.backup.prepare, pcopy.bwlimit)."""
     compare = _COMPARE_CODES[config.compare]
@@ -95,6 +95,7 @@ def options_for(config: Config, preserve_owner: bool, preserve_group: bool | Non
         slow_dst=slow_dst,
         read_threads=read_threads,
         lookup_devs=lookup_devs,
+        staged=staged,
     )
 
 

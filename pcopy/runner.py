@@ -40,12 +40,15 @@ from pcopy.backup import mirror_rules
 from pcopy.backup import prepare as prepare_backups
 from pcopy.config import SLOW_JOBS_PER_CPU, Config
 from pcopy.dirs import FINISH_THREADS, Directories, may_hold_leftovers
+from pcopy.errors import CopyInterruptedError
 from pcopy.executor import Executor, job_dst_dirs
 from pcopy.hardlinks import HardLinks
 from pcopy.interrupts import signals_raise
 from pcopy.jobs import (
     DELETED,
+    STEP_RENAME,
     BatchJob,
+    CopyFailure,
     CopyOptions,
     DirJob,
     EntryTask,
@@ -65,6 +68,7 @@ from pcopy.plan import Planner, SplitFile, options_for
 from pcopy.progress import NullProgress, ProgressSink
 from pcopy.report import CopyReport
 from pcopy.splits import SplitFiles
+from pcopy.stage import PublishError, Stage, claim, drop_if_empty, plan_stage, publish, rebase, release
 from pcopy.target import Target, dst_refused
 from pcopy.temps import ParentTemps
 from pcopy.walk import Entry, Names, make_entry
@@ -78,10 +82,13 @@ class CopyRun:
     """The state of one copy: what the parent knows and must finish. Callers that walk
     themselves (pcopy.copytree) drive it with run(feed), calling plan() from feed."""
 
-    def __init__(self, config: Config, progress: ProgressSink, target: Target | None = None) -> None:
+    def __init__(self, config: Config, progress: ProgressSink, target: Target | None = None,
+                 stage: Stage | None = None) -> None:
         """target (optional) lets the snapshot options (--link-dest, --backup-dir) be resolved
-        against DST; it may raise RefusedError (exit 2) before anything is written."""
+        against DST; it may raise RefusedError (exit 2) before anything is written. stage: the
+        run writes into this new DST's stage (pcopy.stage; target.dst is the stage's path)."""
         self.progress = progress
+        self.stage = stage
         self.report = CopyReport()
         storage = storage_options(target.src, target.dst) if target is not None else {}
         if config.engine != "local":
@@ -102,7 +109,8 @@ class CopyRun:
         # --bwlimit: the run's shared byte counters (pcopy.bwlimit), removed at the end of run().
         self.bwlimit_path = bwlimit.create(config.bwlimit_bytes) if config.bwlimit_bytes else ""
         self.options: CopyOptions = options_for(config, self.preserve_owner, self.preserve_group,
-                                                bwlimit_path=self.bwlimit_path, **snapshot)
+                                                bwlimit_path=self.bwlimit_path, staged=stage is not None,
+                                                **snapshot)
         self.report.dry_run = config.dry_run
         # A later name of a hard-linked inode: its bytes were found with each name, copied once.
         self.planner = Planner(config, self.options, on_link=lambda nbytes: progress.add_found(0, -nbytes))
@@ -268,7 +276,12 @@ class CopyRun:
         """Make a directory the parent's walk found (just before listing it: see
         ScanJob.make_subdirs), then queue its listing."""
         entry = found.entry
-        ok, there = self.directories.make(entry, found.dst, parents=parents, look_first=look_first)
+        if parents and self.stage is not None and not self.stage.adopted:
+            # A new stage, made by pcopy.stage.claim: this run's own, nothing in it yet.
+            self.directories.add(entry, found.dst, True)
+            ok, there = True, None
+        else:
+            ok, there = self.directories.make(entry, found.dst, parents=parents, look_first=look_first)
         if ok:
             self.scans.append(self.planner.scan_job(
                 entry.src, entry.rel, found.dst, there is not None, may_hold_leftovers(there, entry.mtime_ns),
@@ -370,12 +383,46 @@ class CopyRun:
 def run_copy(target: Target, config: Config, progress: ProgressSink | None = None) -> CopyReport:
     """Copy target.src to target.dst with config. Per-entry failures are in the report; raises
     CopyInterruptedError on SIGINT/SIGTERM after cleaning up."""
-    run = CopyRun(config, progress or NullProgress(), target)
-    feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
-    if config.delete and target.src_kind is Kind.DIR:
-        run.mirror_target = target
-    with signals_raise():
-        return run.run(lambda: feed(target))
+    stage = plan_stage(target, config)
+    if stage is not None:
+        stage = claim(stage)
+    if stage is None:
+        run = CopyRun(config, progress or NullProgress(), target)
+        feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
+        if config.delete and target.src_kind is Kind.DIR:
+            run.mirror_target = target
+        with signals_raise():
+            return run.run(lambda: feed(target))
+    try:
+        return _run_staged(target, config, progress, stage)
+    finally:
+        release(stage)
+
+
+def _run_staged(target: Target, config: Config, progress: ProgressSink | None, stage: Stage) -> CopyReport:
+    """run_copy into a new DST's stage, published at the end (pcopy.stage). An interrupted run
+    keeps its stage for the next run to finish, and says where it is (CopyInterruptedError.kept)."""
+    staged = target._replace(dst=stage.path)
+    published = False
+    try:
+        with signals_raise():
+            run = CopyRun(config, progress or NullProgress(), staged, stage)
+            report = run.run(lambda: run.copy_tree(staged))
+            with interrupts.deferred():
+                try:
+                    publish(stage)
+                    published = True
+                except PublishError as exc:
+                    report.failures.append(CopyFailure.of(stage.path, exc, STEP_RENAME))  # (where the copy is)
+    except CopyInterruptedError as exc:
+        if not published:
+            drop_if_empty(stage)
+            exc.kept = stage.path if os.path.lexists(stage.path) else None
+        raise
+    if published:
+        report.changes = [(action, rebase(path, stage)) for action, path in report.changes]
+        report.failures = [failure._replace(path=rebase(failure.path, stage)) for failure in report.failures]
+    return report
 
 
 def mirror(target: Target, config: Config, report: CopyReport, options: CopyOptions | None = None) -> None:

@@ -104,6 +104,12 @@ def tree(big_src: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     wait_gone(str(tmp_path / "dst"), 2)
 
 
+def staged(dst: Path) -> Path:
+    """Where a run writes a new DST meanwhile (pcopy.stage), once it exists; else DST."""
+    stage = dst.parent / f".{dst.name}.pcopy-new"
+    return stage if stage.exists() else dst
+
+
 def final_files(root: Path) -> int:
     return sum(1 for _, _, files in os.walk(root) for name in files if ".pcopy-" not in name)
 
@@ -112,7 +118,8 @@ def wait_in_flight(dst: Path, seconds: float = 20) -> None:
     """Wait until the copy is half-way: some files complete, others in flight (temporary files)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if dst.exists() and temp_files(dst) and final_files(dst):
+        where = staged(dst)
+        if where.exists() and temp_files(where) and final_files(where):
             return
         time.sleep(0.01)
     raise AssertionError("the copy never got half-way")
@@ -126,9 +133,16 @@ def rerun_json(src: Path, dst: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_mid_copy_leaves_only_complete_files(tree: tuple[Path, Path], signum: int, code: int) -> None:
+@pytest.mark.parametrize(("signum", "code", "dst_exists"),
+                         [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
+def test_signal_mid_copy_leaves_only_complete_files(tree: tuple[Path, Path], signum: int, code: int,
+                                                    dst_exists: bool) -> None:
+    """A new DST is written in its stage: the interrupted run keeps the stage (and says where),
+    complete files only; the same command adopts it and publishes it. Into an existing DST the
+    files go straight to their final names (through temporary ones)."""
     src, dst = tree
+    if dst_exists:
+        dst.mkdir()
     proc = start(src, dst)
     wait_in_flight(dst)
     sent = time.monotonic()
@@ -138,13 +152,17 @@ def test_signal_mid_copy_leaves_only_complete_files(tree: tuple[Path, Path], sig
     assert time.monotonic() - sent < 5
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err.decode()
+    where = staged(dst)
+    assert (where == dst) == dst_exists
+    assert dst_exists or (not dst.exists() and str(where) in lines[0] and "finishes it" in lines[0])
     assert wait_gone(str(dst)) == []  # no worker keeps running (or writing) after exit
-    assert temp_files(dst) == []
-    assert_complete_files_only(src, dst)
-    complete = final_files(dst)
+    assert temp_files(where) == []
+    assert_complete_files_only(src, where)
+    complete = final_files(where)
     assert 0 < complete < 606
     report = rerun_json(src, dst)  # the same command finishes the job, copying only what is missing
     assert (report["files"], report["skipped"]) == (606 - complete, complete)
+    assert not staged(dst).name.endswith(".pcopy-new")  # published
     assert_complete_files_only(src, dst)
     assert sum(len(f) for _, _, f in os.walk(dst)) == 606
 
@@ -171,7 +189,9 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(tree: tuple[Path, Path]) 
     proc.communicate(timeout=20)
     # Workers notice their parent is gone and leave on their own (within ~1 s).
     assert wait_gone(str(dst)) == []
+    assert not dst.exists()  # the new DST was still in its stage: the re-run adopts it
     rerun_json(src, dst)
+    assert staged(dst) == dst
     assert temp_files(dst) == []
     assert_complete_files_only(src, dst)
     assert sum(len(f) for _, _, f in os.walk(dst)) == 606
@@ -194,27 +214,47 @@ def test_killed_worker_is_detected_and_its_job_retried(tree: tuple[Path, Path]) 
     assert sum(len(f) for _, _, f in os.walk(dst)) == 606
 
 
-def test_an_entry_that_kills_its_worker_twice_is_reported_alone(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def poison_creates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file copy that creates a file named "poison" SIGKILLs its worker, as the OOM killer
+    would: through a temporary name (create_temp) or under its final name in a new DST's stage
+    (_Lean._create, which also takes a final name already there to create_temp). fork: workers
+    inherit the patch."""
+    real_temp, real_create = pcopy.worker.create_temp, pcopy.worker._Lean._create
+
+    def deadly_temp(dst: str, mode: int, dir_fd: int | None = None, shown: str | None = None) -> tuple[int, str]:
+        if dst.endswith("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_temp(dst, mode, dir_fd, shown)
+
+    def deadly_create(self: Any, dst: str, mode: int, dir_fd: int | None, shown: str) -> tuple[int, str | None]:
+        if dst.endswith("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_create(self, dst, mode, dir_fd, shown)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(pcopy.worker, "create_temp", deadly_temp)
+    monkeypatch.setattr(pcopy.worker._Lean, "_create", deadly_create)
+
+
+@pytest.mark.parametrize("dst_exists", [False, True])
+def test_an_entry_that_kills_its_worker_twice_is_reported_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                dst_exists: bool) -> None:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(40):
         (src / f"f{i:02d}").write_text(f"file {i}")
     (src / "poison").write_text("kills whoever copies it")
-    real = pcopy.worker.create_temp
-
-    def deadly(dst: str, mode: int, dir_fd: int | None = None, shown: str | None = None) -> tuple[int, str]:
-        if dst.endswith("poison"):
-            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
-        return real(dst, mode, dir_fd, shown)
-
-    # Every file copy creates its temporary file through this name (fork: workers inherit it).
-    monkeypatch.setattr(pcopy.worker, "create_temp", deadly)
+    if dst_exists:
+        (tmp_path / "dst").mkdir()
+    poison_creates(monkeypatch)
     config = Config(jobs=2, batch_files=8, start_method="fork")
     report = run_copy(locate(str(src), str(tmp_path / "dst")), config)
     assert [(Path(f.path).name, f.message) for f in report.failures] == [("poison", WORKER_DIED)]
-    assert report.files == 40
+    # In a directory that existed, the retry skips what the dead worker had finished; in a new
+    # DST's stage it copies all again (each name there taken over through a temporary one).
+    assert (report.files + report.skipped if dst_exists else report.files) == 40
     assert sorted(os.listdir(tmp_path / "dst")) == [f"f{i:02d}" for i in range(40)]
+    assert_complete_files_only(src, tmp_path / "dst")
+    assert sorted(os.listdir(tmp_path)) == ["dst", "src"]  # (no stage left)
 
 
 def test_a_poisoned_entry_in_a_group_of_jobs_is_narrowed_down_to_itself(tmp_path: Path,
@@ -228,20 +268,14 @@ def test_a_poisoned_entry_in_a_group_of_jobs_is_narrowed_down_to_itself(tmp_path
             (src / f"d{d:02d}" / f"f{i}").parent.mkdir(parents=True, exist_ok=True)
             (src / f"d{d:02d}" / f"f{i}").write_text(f"file {d}/{i}")
     (src / "d03" / "poison").write_text("kills whoever copies it")
-    real = pcopy.worker.create_temp
     groups: list[int] = []
     real_submit = CopyRun.submit_group
-
-    def deadly(dst: str, mode: int, dir_fd: int | None = None, shown: str | None = None) -> tuple[int, str]:
-        if dst.endswith("poison"):
-            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
-        return real(dst, mode, dir_fd, shown)
 
     def counted(self: CopyRun, jobs: Any) -> None:
         groups.append(len(jobs))
         real_submit(self, jobs)
 
-    monkeypatch.setattr(pcopy.worker, "create_temp", deadly)
+    poison_creates(monkeypatch)
     monkeypatch.setattr(CopyRun, "submit_group", counted)
     dst = tmp_path / "dst"
     report = run_copy(locate(str(src), str(dst)), Config(jobs=2, threads=8, start_method="fork"))

@@ -263,7 +263,8 @@ def test_an_interrupted_run_prints_one_object_saying_so(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "pcopy", str(src), str(tmp_path / "dst"), "--json",
                              "--buffer-size", "1024", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
-    while not any(".pcopy-" in n for _, _, f in os.walk(tmp_path / "dst") for n in f):
+    # (A new DST is written in its stage, .dst.pcopy-new beside it: pcopy.stage.)
+    while not any(".pcopy-" in n for _, _, f in os.walk(tmp_path) for n in f):
         assert time.monotonic() < deadline and proc.poll() is None, "the copy never got going"
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
