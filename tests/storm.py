@@ -148,6 +148,11 @@ def handles_sigterm(pid: int) -> bool:
     return False
 
 
+def stage_of(dst: Path) -> Path:
+    """Where pcopy writes a new DST until it is complete (pcopy.stage)."""
+    return dst.parent / f".{dst.name}.pcopy-new"
+
+
 @dataclass
 class Storm:
     src: Path
@@ -179,6 +184,7 @@ class Storm:
         trial = Trial(row, self.moment(rng))
         dst = self.work / "dst"
         shutil.rmtree(dst, ignore_errors=True)
+        shutil.rmtree(stage_of(dst), ignore_errors=True)
         args = [*pcopy_command(), str(self.src), str(dst), "-j", str(self.jobs), *self.extra]
         args.append("--progress" if row == "kill-manager" else "--no-progress")
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -289,9 +295,16 @@ class Storm:
         elif len(lines) > 1 and row != "kill-manager":  # a bar's frames share stderr there
             problems.append(f"{len(lines)} lines on stderr: {err[-300:]!r}")
         self._check_gone(proc.pid, ended, problems)
-        temps = [n for _, _, files in os.walk(dst) for n in files if ".pcopy-" in n]
+        # A new DST is written in its stage (pcopy.stage), kept by an interrupted run: its files
+        # may be partial (it is not DST), its temporary files must be gone all the same.
+        stage = stage_of(dst)
+        temps = [n for where in (dst, stage) for _, _, files in os.walk(where) for n in files if ".pcopy-" in n]
         if temps and (row != "kill-parent" or code == 0):  # a SIGKILLed pcopy cannot clean up: the re-run does
             problems.append(f"temporary files left: {temps[:3]}")
+        if stage.exists() and code in (128 + signal.SIGINT, 128 + signal.SIGTERM) and str(stage) not in err:
+            problems.append(f"the stage was kept without saying so: {err[-300:]!r}")
+        if stage.exists() and dst.exists():
+            problems.append("both DST and its stage exist")
         copied = digest_tree(dst) if dst.exists() else {}
         for rel, value in copied.items():
             if ".pcopy-" not in rel and self.source_digest.get(rel) != value:
@@ -303,6 +316,8 @@ class Storm:
             problems.append(f"re-run exit {rerun.returncode}: {rerun.stderr.decode()[-300:]!r}")
         elif digest_tree(dst) != self.source_digest:
             problems.append("re-run did not complete the copy")
+        elif stage.exists():
+            problems.append("re-run left the stage behind")
 
 
     @staticmethod
