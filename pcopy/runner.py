@@ -383,29 +383,19 @@ class CopyRun:
 def run_copy(target: Target, config: Config, progress: ProgressSink | None = None) -> CopyReport:
     """Copy target.src to target.dst with config. Per-entry failures are in the report; raises
     CopyInterruptedError on SIGINT/SIGTERM after cleaning up."""
-    stage = plan_stage(target, config)
-    if stage is not None:
-        stage = claim(stage)
-    if stage is None:
-        run = CopyRun(config, progress or NullProgress(), target)
-        feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
-        if config.delete and target.src_kind is Kind.DIR:
-            run.mirror_target = target
+    planned = plan_stage(target, config)
+    if planned is None:
         with signals_raise():
-            return run.run(lambda: feed(target))
-    try:
-        return _run_staged(target, config, progress, stage)
-    finally:
-        release(stage)
-
-
-def _run_staged(target: Target, config: Config, progress: ProgressSink | None, stage: Stage) -> CopyReport:
-    """run_copy into a new DST's stage, published at the end (pcopy.stage). An interrupted run
-    keeps its stage for the next run to finish, and says where it is (CopyInterruptedError.kept)."""
-    staged = target._replace(dst=stage.path)
+            return _run_plain(target, config, progress)
+    stage: Stage | None = None
     published = False
     try:
         with signals_raise():
+            with interrupts.deferred():  # (a signal meanwhile: raised once stage is set)
+                stage = claim(planned)
+            if stage is None:  # held by another run, or it could not be made
+                return _run_plain(target, config, progress)
+            staged = target._replace(dst=stage.path)
             run = CopyRun(config, progress or NullProgress(), staged, stage)
             report = run.run(lambda: run.copy_tree(staged))
             with interrupts.deferred():
@@ -415,14 +405,26 @@ def _run_staged(target: Target, config: Config, progress: ProgressSink | None, s
                 except PublishError as exc:
                     report.failures.append(CopyFailure.of(stage.path, exc, STEP_RENAME))  # (where the copy is)
     except CopyInterruptedError as exc:
-        if not published:
+        if stage is not None and not published:
             drop_if_empty(stage)
             exc.kept = stage.path if os.path.lexists(stage.path) else None
         raise
+    finally:
+        if stage is not None:
+            release(stage)
     if published:
+        # Reports name what is under DST now.
         report.changes = [(action, rebase(path, stage)) for action, path in report.changes]
         report.failures = [failure._replace(path=rebase(failure.path, stage)) for failure in report.failures]
     return report
+
+
+def _run_plain(target: Target, config: Config, progress: ProgressSink | None) -> CopyReport:
+    run = CopyRun(config, progress or NullProgress(), target)
+    feed = run.copy_tree if target.src_kind is Kind.DIR else run.copy_single
+    if config.delete and target.src_kind is Kind.DIR:
+        run.mirror_target = target
+    return run.run(lambda: feed(target))
 
 
 def mirror(target: Target, config: Config, report: CopyReport, options: CopyOptions | None = None) -> None:
