@@ -112,7 +112,9 @@ def claim(stage: Stage) -> Stage | None:
             return None  # (the run reports what is wrong with DST's parent)
     try:
         fd = os.open(stage.path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    except OSError:
+    except OSError:  # (Windows cannot open a directory: no stage there)
+        if not adopted:
+            drop_if_empty(stage)
         return None
     if fcntl is not None:
         try:
