@@ -9,8 +9,8 @@ which serialises every create and rename in one directory. When DST does not exi
 nothing under it is visible to anyone until the run publishes it, so its files can be created
 under their final names inside a hidden directory (the stage) and the stage renamed to DST
 once, at the end: 16 -> 9 requests per small file, and a directory's lock held for 3 of them
-instead of 8 (slowfs at 1 ms: 800 files in one directory 7.5 -> 3.3 s, in 8 directories 1.24
--> 0.72 s; a 20,000-file copy on a page cache 0.68 -> 0.63 s).
+instead of 8 (slowfs at 1 ms: 800 files in one directory 7.5 -> 3.2 s, in 8 directories 1.24
+-> 0.71 s; a 20,000-file copy on a page cache 0.68 -> 0.63 s).
 
 - The stage is DST's parent/.NAME.pcopy-new. Its name is fixed, not random, so that a run
   that did not finish (SIGINT or SIGTERM, a SIGKILL, a power cut) leaves it where the next run
