@@ -137,9 +137,12 @@ def rerun_json(src: Path, dst: Path) -> dict[str, Any]:
                          [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
 def test_signal_mid_copy_leaves_only_complete_files(tree: tuple[Path, Path], signum: int, code: int,
                                                     dst_exists: bool) -> None:
-    """A new DST is written in its stage: the interrupted run keeps the stage (and says where),
-    complete files only; the same command adopts it and publishes it. Into an existing DST the
-    files go straight to their final names (through temporary ones)."""
+    """A new DST is written in its stage: the interrupted run keeps the stage (and says where);
+    the same command adopts it and publishes it. Into an existing DST the files go to their
+    final names through temporary ones. (--buffer-size takes the general per-file path, which
+    uses temporary names in a stage too, so the stage holds complete files only here; files
+    the lean path writes in place are covered by the storm, which checks that the re-run makes
+    them whole.)"""
     src, dst = tree
     if dst_exists:
         dst.mkdir()
