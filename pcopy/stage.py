@@ -99,8 +99,9 @@ def claim(stage: Stage) -> Stage | None:
     """Make the stage (a new one) and hold it for this run: an exclusive flock on it, so that
     two runs of one command at once never write into one stage (the second writes into DST as
     before, and the first, finding DST there at the end, keeps its copy staged and says so).
-    None: another run holds it, or it cannot be made. Where flock is missing or refused (some
-    network file systems), the stage is used unlocked."""
+    None: another run holds it, or it cannot be made or opened (Windows cannot open a
+    directory). Where flock fails otherwise (a file system that does not lock), the stage is
+    used unlocked."""
     adopted = stage.adopted
     if not adopted:
         try:
@@ -112,7 +113,7 @@ def claim(stage: Stage) -> Stage | None:
             return None  # (the run reports what is wrong with DST's parent)
     try:
         fd = os.open(stage.path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
-    except OSError:  # (Windows cannot open a directory: no stage there)
+    except OSError:
         if not adopted:
             drop_if_empty(stage)
         return None

@@ -731,7 +731,6 @@ class _Lean:
             return
         _count_copied(result, dst, size, replacing)
 
-
     def _create(self, dst: str, mode: int, dir_fd: int | None, shown: str) -> tuple[int, str | None]:
         """The file to write: (fd, its temporary name), or (fd, None) where it is created under
         its final name (direct). A name already there (a job run again after its worker died

@@ -305,6 +305,8 @@ class Storm:
             problems.append(f"the stage was kept without saying so: {err[-300:]!r}")
         if stage.exists() and dst.exists():
             problems.append("both DST and its stage exist")
+        if code == 0 and (stage.exists() or digest_tree(dst) != self.source_digest):
+            problems.append("exit 0, yet the copy is not whole in DST")
         copied = digest_tree(dst) if dst.exists() else {}
         for rel, value in copied.items():
             if ".pcopy-" not in rel and self.source_digest.get(rel) != value:
