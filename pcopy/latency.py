@@ -154,18 +154,20 @@ def probe_latency(path: str | os.PathLike[str], samples: int = SAMPLES,
     return next(iter(kinds.values()), None)
 
 
-def storage_options(src: str, dst: str) -> dict[str, Any]:
+def storage_options(src: str, dst: str, *, dst_new: bool = False) -> dict[str, Any]:
     """What a copy from src to dst should know of their storage (CopyOptions.slow_dst,
     read_threads and lookup_devs; docs/benchmarks-slow.md, "Large files"): each probed at its
     nearest existing directory. A few microseconds on local file systems, a few round trips on
-    slow ones (on a FUSE mount ~9 more and two kernel ticks, pcopy.lookupstat)."""
+    slow ones (on a FUSE mount ~9 more and two kernel ticks, pcopy.lookupstat). dst_new: dst is
+    a directory this run just made (a new DST's stage, pcopy.stage): nothing in it to stat."""
     src_s = probe_latency(src)
     dst_s = probe_latency(dst, nearest=True)
     read_threads = 0
     if src_s is not None and src_s > ROUND_TRIP_S:
         read_threads = MANY_READ_THREADS if src_s >= MANY_THREADS_FROM_S else READ_THREADS
     # (a DST not made yet gives the probe no name to time; a new DST has nothing to stat)
-    devs = lookup_devs([(path, seconds) for path, seconds in ((src, src_s), (dst, dst_s)) if seconds is not None])
+    sides = ((src, src_s),) if dst_new else ((src, src_s), (dst, dst_s))
+    devs = lookup_devs([(path, seconds) for path, seconds in sides if seconds is not None])
     return {"slow_dst": dst_s is not None and dst_s > ROUND_TRIP_S, "read_threads": read_threads,
             "lookup_devs": devs}
 

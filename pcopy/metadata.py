@@ -21,6 +21,7 @@ _TEMP_SUFFIX_BYTES = len(TEMP_MARKER) + 8 + 1  # marker, 8 hex digits, the leadi
 O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 _UTIME_FOLLOWS = os.utime in os.supports_follow_symlinks
 UTIME_FD = os.utime in os.supports_fd

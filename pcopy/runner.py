@@ -90,7 +90,8 @@ class CopyRun:
         self.progress = progress
         self.stage = stage
         self.report = CopyReport()
-        storage = storage_options(target.src, target.dst) if target is not None else {}
+        storage = (storage_options(target.src, target.dst, dst_new=stage is not None and not stage.adopted)
+                   if target is not None else {})
         if config.engine != "local":
             storage.pop("lookup_devs", None)  # (device numbers name mounts of this machine only)
         slow = bool(storage) and (storage["slow_dst"] or storage["read_threads"] > 0)

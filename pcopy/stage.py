@@ -34,20 +34,16 @@ from typing import NamedTuple
 
 from pcopy.config import Config, Engine
 from pcopy.jobs import Kind
+from pcopy.metadata import NAME_MAX_BYTES, O_CLOEXEC, O_DIRECTORY
 from pcopy.report import escape
 from pcopy.target import Target
-
-STAGE_SUFFIX = ".pcopy-new"
-_NAME_MAX = 255  # bytes, on the file systems that matter (a longer stage name: no stage)
-
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+STAGE_SUFFIX = ".pcopy-new"
 
 
 class Stage(NamedTuple):
@@ -74,7 +70,7 @@ def plan_stage(target: Target, config: Config) -> Stage | None:
         return None
     dst = target.dst
     name = os.path.basename(dst)
-    if not name or len(os.fsencode(name)) + len(STAGE_SUFFIX) + 1 > _NAME_MAX:
+    if not name or len(os.fsencode(name)) + len(STAGE_SUFFIX) + 1 > NAME_MAX_BYTES:  # (no stage)
         return None
     try:
         os.lstat(dst)
@@ -112,7 +108,7 @@ def claim(stage: Stage) -> Stage | None:
         except OSError:
             return None  # (the run reports what is wrong with DST's parent)
     try:
-        fd = os.open(stage.path, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        fd = os.open(stage.path, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     except OSError:
         if not adopted:
             drop_if_empty(stage)

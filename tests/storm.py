@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pcopy.stage import stage_path
+
 ROWS = ("int", "term", "group-int", "group-term", "twice", "kill-worker", "kill-parent", "kill-manager")
 EARLY_S = 0.15  # the first moments: interpreter start, imports, pool start-up
 EXIT_BOUND_S = 2.0  # a signalled pcopy ends within this
@@ -150,7 +152,7 @@ def handles_sigterm(pid: int) -> bool:
 
 def stage_of(dst: Path) -> Path:
     """Where pcopy writes a new DST until it is complete (pcopy.stage)."""
-    return dst.parent / f".{dst.name}.pcopy-new"
+    return Path(stage_path(str(dst)))
 
 
 @dataclass

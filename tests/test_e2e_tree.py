@@ -599,7 +599,7 @@ def test_directory_owners_where_chown_is_skipped(tmp_path: Path, monkeypatch: py
     and group (pcopy.dirs: Directories._known_owners): a set-group-ID directory above them
     gives them its group, so there they must be, and every directory ends with SRC's ids."""
     if slow:  # the threaded, level-by-level finish that slow storage gets
-        monkeypatch.setattr("pcopy.runner.storage_options", lambda src, dst: {"slow_dst": True, "read_threads": 0})
+        monkeypatch.setattr("pcopy.runner.storage_options", lambda src, dst, **_: {"slow_dst": True, "read_threads": 0})
     src = tmp_path / "src"
     write(src / "mine" / "deeper" / "f", b"x")  # root's own ids: chown skippable unless setgid
     write(src / "theirs" / "g", b"y")

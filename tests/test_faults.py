@@ -22,6 +22,7 @@ from pcopy import fastcopy
 from pcopy.config import Config, Method
 from pcopy.executor import WORKER_DIED
 from pcopy.runner import CopyRun, run_copy
+from pcopy.stage import stage_path
 from pcopy.target import locate
 
 MIB = 1024 * 1024
@@ -106,7 +107,7 @@ def tree(big_src: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 def staged(dst: Path) -> Path:
     """Where a run writes a new DST meanwhile (pcopy.stage), once it exists; else DST."""
-    stage = dst.parent / f".{dst.name}.pcopy-new"
+    stage = Path(stage_path(str(dst)))
     return stage if stage.exists() else dst
 
 

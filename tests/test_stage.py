@@ -33,7 +33,7 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def stage_of(dst: Path) -> Path:
-    return dst.parent / f".{dst.name}.pcopy-new"
+    return Path(pcopy.stage.stage_path(str(dst)))
 
 
 def copy(src: Path, dst: Path, **config: Any) -> pcopy.runner.CopyReport:
