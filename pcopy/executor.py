@@ -151,6 +151,13 @@ class Executor:
         """Whether submit would send a job at once (not wait for a result first)."""
         return self.pool is None or len(self.pending) < self.max_in_flight
 
+    def collect(self) -> bool:
+        """Handle the results already in, without waiting for any: whether a job could now be
+        sent at once. (The parent's walk lists directory after directory; a worker whose
+        calls were answered meanwhile must not wait for the end of the walk.)"""
+        self.wait(block=False)
+        return self.has_room()
+
     def running(self) -> int:
         """Calls submitted and not yet returned (a worker runs one at a time; more wait)."""
         return len(self.pending)

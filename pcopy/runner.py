@@ -208,6 +208,8 @@ class CopyRun:
                 # job per directory would cost more than the listing), handing every name to
                 # the workers, and lists on while they are busy, depth first, making each
                 # directory just before its listing: the walk of the old design.
+                if self.dir_jobs and self.executor.collect():
+                    continue  # a worker answered: feed it before listing on
                 if not self.scans:
                     self.make_and_list(*self.walk_stack.pop(), parents=not self.directories.made)
                     continue
