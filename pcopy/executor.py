@@ -48,6 +48,10 @@ WORKER_DIED = "worker process died while copying this entry (killed, e.g. by the
 # How long the progress Manager may take to stop before it is killed (seconds).
 MANAGER_STOP_S = 0.5
 
+# The longest directory a Unix socket path can start with ("/manager" and the terminating NUL
+# must fit in sun_path: 104 bytes on macOS, 108 on Linux).
+MAX_SOCKET_DIR = 90
+
 # How often the Manager process looks for its parent (seconds).
 PARENT_CHECK_S = 0.2
 
@@ -81,9 +85,12 @@ def job_paths(job: Job) -> list[str]:
     return [t.src for t in job.tasks]
 
 
-def _init_manager(parent: int) -> None:
+def _init_manager(parent: int, home: str | None) -> None:
     """The progress Manager's process: SIGINT and SIGTERM are the parent's to act on (it shuts
-    the Manager down); it leaves on its own once the parent is gone (even SIGKILLed)."""
+    the Manager down); it leaves on its own once the parent is gone (even SIGKILLed). It makes
+    home, its socket's directory (_manager_home), itself, before anything else, so that
+    whichever of the two is left removes it: the parent after stopping the Manager, or the
+    Manager once the parent is gone."""
     import threading
     import time
 
@@ -91,11 +98,19 @@ def _init_manager(parent: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):  # a closed terminal: leave through watch (home removed)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if home is not None:
+        try:
+            os.mkdir(home, 0o700)
+        except OSError:  # no socket then: the parent goes on without the workers' progress
+            os._exit(1)
     unblock_signals()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK_S)
+        _remove_home(home)
         os._exit(0)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -121,6 +136,7 @@ class Executor:
         self.ctx: Any = None
         self.pool: EnginePool | None = None
         self.manager: Any = None
+        self.manager_home: str | None = None  # the directory of the Manager's socket (_manager_home)
         self.held: list[Job] = []
         self.pending: dict[int, Job] = {}  # job_id -> job, submitted and not yet returned
         self.attempts: dict[int, int] = {}  # job_id -> times its worker died running it
@@ -223,11 +239,17 @@ class Executor:
 
                 # Only when someone watches progress: a Manager is one more process (~50 ms).
                 # It starts with signals held back, like the workers (interrupts.signals_blocked).
-                self.manager = SyncManager(ctx=self.ctx)
                 with deferred(), signals_blocked():
-                    self.manager.start(_init_manager, (os.getpid(),))
+                    self.manager_home = _manager_home()
+                    address = os.path.join(self.manager_home, "manager") if self.manager_home else None
+                    self.manager = SyncManager(address=address, ctx=self.ctx)
+                    try:
+                        self.manager.start(_init_manager, (os.getpid(), self.manager_home))
+                    except (OSError, EOFError):  # it could not make its directory (_init_manager)
+                        _reap(self.manager)
+                        self.manager = None
                 try:
-                    self.progress_queue = self.manager.Queue()
+                    self.progress_queue = self.manager.Queue() if self.manager is not None else None
                 except Exception:  # the Manager is already gone: no bar, the copy goes on
                     self.progress_queue = None
         self.pool = WorkerPool(self.config.jobs, self.ctx, initializer=init_worker,
@@ -340,6 +362,8 @@ class Executor:
             manager, self.manager = self.manager, None
             self.progress_queue = None
             _stop_manager(manager)
+        home, self.manager_home = self.manager_home, None
+        _remove_home(home)
 
 
 class _DirectProgress:
@@ -347,6 +371,36 @@ class _DirectProgress:
 
     def __init__(self, on_progress: Callable[[int, int, int, int], None]) -> None:
         self.put = lambda item: on_progress(*item)
+
+
+def _manager_home() -> str | None:
+    """A name for a directory of this run's own, to hold the Manager's Unix socket (the Manager
+    makes it: _init_manager). Left to multiprocessing, the socket goes into a /tmp/pymp-*
+    directory that only the Manager's own clean exit removes, and the Manager is killed
+    (_stop_manager): every run with a bar left one behind. None where sockets are not files
+    (Windows: a named pipe) or the path would be too long for one."""
+    if sys.platform == "win32":
+        return None
+    import tempfile
+
+    # Unguessable, so no one else's file or link can be in its place (mkdir refuses those).
+    home = os.path.join(tempfile.gettempdir(), f"pcopy-{os.getpid()}-{os.urandom(6).hex()}")
+    return home if len(os.fsencode(home)) <= MAX_SOCKET_DIR else None
+
+
+def _reap(manager: Any) -> None:
+    """A Manager whose process ended before it served (start raised)."""
+    process = getattr(manager, "_process", None)
+    if process is not None:
+        process.join(MANAGER_STOP_S)
+
+
+def _remove_home(home: str | None) -> None:
+    if home is None:
+        return
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _stop_manager(manager: Any) -> None:

@@ -16,10 +16,10 @@ The moment is uniform over the copy's duration, with a third of the trials in it
 (interpreter start, imports, pool start-up).
 
 Checked on every trial: exit code (130/143 by the first signal; 0 if the copy ended first; 0
-for worker/Manager kills), exit within 2 s of the first signal, at most one line on stderr and
-no traceback, no temporary file left, no process of pcopy's alive 1 s after it exits, every file
-under its final name identical to its source, and a re-run that completes the copy (exit 0,
-identical tree).
+for worker/Manager kills), exit within 2 s of the first signal, at most one line on stderr
+and no traceback, no temporary file left (nor anything in pcopy's TMPDIR), no process of
+pcopy's alive 1 s after it exits, every file under its final name identical to its source,
+and a re-run that completes the copy (exit 0, identical tree).
 """
 
 from __future__ import annotations
@@ -177,6 +177,16 @@ class Storm:
         shutil.rmtree(self.work / "calibrate", ignore_errors=True)
         self.duration_s = min(times)
 
+    @property
+    def tmp(self) -> Path:
+        """pcopy's TMPDIR (the progress Manager's socket directory goes there)."""
+        return self.work / "tmp"
+
+    def _check_tmp(self, problems: list[str]) -> None:
+        if left := sorted(os.listdir(self.tmp)):
+            problems.append(f"left in TMPDIR: {left}")
+            shutil.rmtree(self.tmp)
+
     def moment(self, rng: random.Random) -> float:
         if rng.random() < 1 / 3:
             return rng.uniform(0, EARLY_S)
@@ -189,8 +199,9 @@ class Storm:
         shutil.rmtree(stage_of(dst), ignore_errors=True)
         args = [*pcopy_command(), str(self.src), str(dst), "-j", str(self.jobs), *self.extra]
         args.append("--progress" if row == "kill-manager" else "--no-progress")
+        self.tmp.mkdir(exist_ok=True)
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+                                start_new_session=True, env=dict(os.environ, TMPDIR=str(self.tmp)))
         first_signal = self._act(row, proc, trial, rng)
         try:
             _, err_bytes = proc.communicate(timeout=30)
@@ -273,6 +284,7 @@ class Storm:
             if dst.exists():
                 problems.append("signalled before pcopy started, yet DST exists")
             self._check_gone(proc.pid, ended, problems)
+            self._check_tmp(problems)
             return
         if first is None or row in ("kill-worker", "kill-manager"):
             if code != 0:
@@ -297,6 +309,7 @@ class Storm:
         elif len(lines) > 1 and row != "kill-manager":  # a bar's frames share stderr there
             problems.append(f"{len(lines)} lines on stderr: {err[-300:]!r}")
         self._check_gone(proc.pid, ended, problems)
+        self._check_tmp(problems)
         # A new DST is written in its stage (pcopy.stage), kept by an interrupted run: its files
         # may be partial (it is not DST), its temporary files must be gone all the same.
         stage = stage_of(dst)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -344,3 +346,59 @@ def test_a_progress_object_that_is_neither_is_refused_before_copying(tmp_path: P
     with pytest.raises(TypeError, match="progress must be"):
         pcopy.copy(tmp_path / "f", tmp_path / "g", progress=OldSink())  # type: ignore[arg-type]
     assert not (tmp_path / "g").exists()
+
+
+# -- what a run with a bar leaves behind in the temporary directory -------------------
+
+def _small_tree(root: Path, dirs: int = 4, files: int = 30) -> None:
+    """Enough directories that a pool (and, with a bar, the Manager) starts."""
+    for d in range(dirs):
+        sub = root / f"d{d}"
+        sub.mkdir(parents=True)
+        for f in range(files):
+            (sub / f"f{f}").write_bytes(b"x" * (100 + f))
+
+
+def _pcopy_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ, TMPDIR=str(tmp))
+    env.pop("COLUMNS", None)
+    return env
+
+
+def test_a_run_with_a_bar_leaves_nothing_in_the_temporary_directory(tmp_path: Path) -> None:
+    """The Manager's socket lived in a /tmp/pymp-* directory that only the Manager's own clean
+    exit removes, and pcopy kills it: every run with a bar left one behind."""
+    _small_tree(tmp_path / "src")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    for n in range(2):
+        proc = subprocess.run([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / f"dst{n}"),
+                               "--progress", "-j", "2"], capture_output=True, env=_pcopy_env(tmp), timeout=60,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert b"100%" in proc.stderr  # the bar (so the Manager) was there
+    assert sorted(os.listdir(tmp)) == []
+
+
+def test_the_manager_removes_its_directory_when_pcopy_is_killed(tmp_path: Path) -> None:
+    """SIGKILLed, pcopy cannot clean up; its Manager notices and removes its socket's directory."""
+    _small_tree(tmp_path / "src", dirs=8, files=400)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / "dst"),
+                             "--progress", "-j", "2", "--buffer-size", "1024"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_pcopy_env(tmp))
+    try:
+        deadline = time.monotonic() + 30
+        while not os.listdir(tmp) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, "the copy ended before its Manager was seen: make the tree larger"
+        assert [name.startswith("pcopy-") for name in os.listdir(tmp)] == [True]
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while os.listdir(tmp) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.listdir(tmp) == []
+
