@@ -33,6 +33,11 @@ from pcopy.report import format_bytes
 # one write) costs ~40 us of the parent's CPU, so 4 a second are nothing next to the copy.
 REFRESH_S = 0.25
 
+# How long close waits for the display thread (seconds): it stops within a frame, or within
+# tqdm's import (~30 ms) if it is still in it; only a thread stuck for good waits this long
+# (see close), and an interrupted pcopy must still end within 2 s of the signal.
+CLOSE_WAIT_S = 0.5
+
 # The rate behind the ETA and the rate shown: bytes done over about the last RATE_WINDOW_S
 # seconds. Long enough that one worker's 8 MiB report does not make it jump, short enough that
 # the move from small files to large ones shows within a few seconds.
@@ -343,7 +348,13 @@ class TqdmProgress(_TallySink):
         if self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join()
+        # Bounded: a Ctrl-C that lands while the main thread is inside an import can leave the
+        # interpreter's import lock held for good (the signal's exception unwinds importlib
+        # between an acquire and its release), and a display thread still importing tqdm then
+        # waits for it forever (4 of 40 Ctrl-Cs 0.08-0.3 s into a run hung pcopy this way).
+        self._thread.join(CLOSE_WAIT_S)
+        if self._thread.is_alive():
+            return  # no last frame: the run's own last line still says how it ended
         if self._bar is None:
             return  # tqdm could not be imported or the stream was unusable from the start
         self._draw(closing=True, redraw=False)
@@ -357,6 +368,11 @@ class TqdmProgress(_TallySink):
         try:
             from tqdm import tqdm  # type: ignore[import-untyped]  # only when a bar is shown
 
+            # One bar, drawn by this thread: a thread lock is all it needs. tqdm's default also
+            # makes a multiprocessing lock, importing multiprocessing here while the main thread
+            # may be importing it too (see close).
+            if "_lock" not in vars(tqdm):
+                tqdm.set_lock(threading.RLock())
             # total=100 and n=percent: the bar is filled from the Display's percentage, never
             # from tqdm's arithmetic (which rounds 99.6 % up to 100 %). tqdm draws nothing by
             # itself: update() is never called; only _draw (this thread, then close) refreshes.

@@ -348,7 +348,7 @@ def test_a_progress_object_that_is_neither_is_refused_before_copying(tmp_path: P
     assert not (tmp_path / "g").exists()
 
 
-# -- what a run with a bar leaves behind in the temporary directory -------------------
+# -- what a run with a bar leaves behind, and a display thread that never ends -------------------
 
 def _small_tree(root: Path, dirs: int = 4, files: int = 30) -> None:
     """Enough directories that a pool (and, with a bar, the Manager) starts."""
@@ -402,3 +402,26 @@ def test_the_manager_removes_its_directory_when_pcopy_is_killed(tmp_path: Path) 
         time.sleep(0.05)
     assert os.listdir(tmp) == []
 
+
+STUCK_IMPORT = """
+import _imp, io, sys, time
+import pcopy.progress as progress
+
+progress.CLOSE_WAIT_S = 0.5
+# What a Ctrl-C landing inside importlib can leave: the import lock held by the main thread for
+# good. The display thread's `from tqdm import tqdm` then waits for it forever.
+_imp.acquire_lock()
+bar = progress.TqdmProgress(stream=io.StringIO(), refresh_s=0.05)
+time.sleep(0.2)
+started = time.monotonic()
+bar.close()
+print(round(time.monotonic() - started, 2), "tqdm" in sys.modules, flush=True)
+"""
+
+
+def test_close_does_not_wait_forever_for_a_display_thread_stuck_in_an_import() -> None:
+    proc = subprocess.run([sys.executable, "-c", STUCK_IMPORT], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    waited, imported = proc.stdout.split()
+    assert 0.4 <= float(waited) < 5 and imported == "False", proc.stdout
