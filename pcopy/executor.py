@@ -107,8 +107,12 @@ def _init_manager(parent: int, home: str | None) -> None:
             os._exit(1)
     unblock_signals()
 
+    from pcopy.pool import parent_alive
+
+    alive = parent_alive(parent)
+
     def watch() -> None:
-        while os.getppid() == parent:
+        while alive():
             time.sleep(PARENT_CHECK_S)
         _remove_home(home)
         os._exit(0)

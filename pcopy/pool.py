@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -346,11 +347,12 @@ def _receive(jobs: Connection, inbox: queue.SimpleQueue[Any], parent: int) -> No
     the worker stops as on SIGTERM (the main thread's handler removes its temporary file)."""
     # Signals are for the main thread (only it runs Python's handlers; one delivered to this
     # thread would leave a main thread blocked in a lock wait unaware of it).
+    alive = parent_alive(parent)
     with signals_blocked(all_threads=True):
         try:
             while True:
                 if not jobs.poll(PARENT_CHECK_S):
-                    if os.getppid() != parent:
+                    if not alive():
                         break
                     continue
                 item = jobs.recv()
@@ -360,6 +362,31 @@ def _receive(jobs: Connection, inbox: queue.SimpleQueue[Any], parent: int) -> No
         except (OSError, EOFError):
             pass
     _parent_gone()
+
+
+def parent_alive(parent: int) -> Callable[[], bool]:
+    """In a child of pcopy's (a worker, the Manager): a test of whether pcopy (pid parent) still
+    runs, by the cheapest sign. Our parent process is pcopy, and a process whose parent dies is
+    handed to another (init, a subreaper): its parent pid changes. Under forkserver our parent
+    is the fork server instead (comparing with pcopy's pid said "gone" at the first look, and
+    every worker stopped itself 0.2 s into a job): then the fork server's leaving (it follows
+    pcopy) or pcopy's pid gone (signal 0) says so."""
+    first = os.getppid()
+    if first == parent or sys.platform == "win32":  # (Windows: spawn, and no reparenting)
+        return lambda: os.getppid() == first
+
+    def alive() -> bool:
+        if os.getppid() != first:
+            return False
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # EPERM: a process of another user's has the pid now
+            return False
+        return True
+
+    return alive
 
 
 def _parent_gone() -> None:

@@ -141,6 +141,22 @@ def test_cli_spawn_start_method(tmp_path: Path, run_pcopy: RunPcopy) -> None:
     assert_same_tree(before, dst)
 
 
+def test_cli_forkserver_workers_and_bar_last_through_a_long_job(tmp_path: Path, run_pcopy: RunPcopy) -> None:
+    """Under forkserver a child's parent process is the fork server, not pcopy: taken for pcopy
+    gone, every worker stopped itself 0.2 s into a job (a file that took longer failed twice,
+    then was reported failed), and the bar's Manager left at once (no progress: it stood at
+    "counting 0/N files")."""
+    src, dst = sample(tmp_path)
+    long = src / "long.bin"
+    long.write_bytes(os.urandom(1 << 20) * 96)  # ~0.5 s through a 1 KiB loop
+    os.utime(long, ns=(2_000_000_000 * 10**9, 1_700_000_000 * 10**9))  # atime past mtime: reads leave it
+    before = snapshot(src)
+    run = run_pcopy(src, dst, "-j", "2", "--buffer-size", "1024", "--start-method", "forkserver", "--progress")
+    assert run.returncode == 0, run
+    assert "100%" in run.stderr and "failed 0" in run.stdout + run.stderr, run
+    assert_same_tree(before, dst)
+
+
 def test_cli_read_write_loop_1024(tmp_path: Path, run_pcopy: RunPcopy) -> None:
     src, dst = sample(tmp_path)
     before = snapshot(src)
