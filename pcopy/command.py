@@ -221,4 +221,21 @@ def leave(command: Callable[[], object]) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe (pcopy --json | head)
             stream.flush()
+    _remove_mp_tempdir()
     os._exit(code)
+
+
+def _remove_mp_tempdir() -> None:
+    """multiprocessing's temporary directory, made for the forkserver's socket (--start-method
+    forkserver): its exit handler would remove it, and os._exit skips that (every such run
+    left a /tmp/pymp-* behind). The forkserver leaves once pcopy is gone; it needs the socket's
+    name no more."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return
+    config = getattr(process.current_process(), "_config", {})
+    tempdir = config.get("tempdir") if isinstance(config, dict) else None
+    if isinstance(tempdir, str):
+        import shutil
+
+        shutil.rmtree(tempdir, ignore_errors=True)
