@@ -4,6 +4,7 @@ every guarantee of docs/interruption.md checked on every trial.
 Used by tests/test_storm.py (a bounded number of trials, in CI) and by hand for long runs:
 
     .venv/bin/python tests/storm.py --trials 300 --rows all --jobs 8 [--seed N] [--tree DIR] [--threads 8]
+        [--start-method forkserver]
 
 Rows (what is done to a running `pcopy SRC DST -j N`):
     int, term          SIGINT / SIGTERM to pcopy alone
@@ -187,10 +188,15 @@ class Storm:
         """pcopy's TMPDIR (the progress Manager's socket directory goes there)."""
         return self.work / "tmp"
 
-    def _check_tmp(self, problems: list[str]) -> None:
-        if left := sorted(os.listdir(self.tmp)):
+    def _check_tmp(self, row: str, problems: list[str]) -> None:
+        left = sorted(os.listdir(self.tmp))
+        if row == "kill-parent" and "forkserver" in self.extra:
+            # The fork server's socket directory: multiprocessing's, removed by pcopy's exit
+            # (command.leave), which a SIGKILL skips (a known limit, docs/interruption.md).
+            left = [name for name in left if not name.startswith("pymp-")]
+        if left:
             problems.append(f"left in TMPDIR: {left}")
-            shutil.rmtree(self.tmp)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def moment(self, rng: random.Random) -> float:
         if rng.random() < 1 / 3:
@@ -289,7 +295,7 @@ class Storm:
             if dst.exists():
                 problems.append("signalled before pcopy started, yet DST exists")
             self._check_gone(proc.pid, ended, problems)
-            self._check_tmp(problems)
+            self._check_tmp(row, problems)
             return
         if first is None or row in ("kill-worker", "kill-manager"):
             if code != 0:
@@ -314,7 +320,7 @@ class Storm:
         elif len(lines) > 1:
             problems.append(f"{len(lines)} lines on stderr: {err[-300:]!r}")
         self._check_gone(proc.pid, ended, problems)
-        self._check_tmp(problems)
+        self._check_tmp(row, problems)
         # A new DST is written in its stage (pcopy.stage), kept by an interrupted run: its files
         # may be partial (it is not DST), its temporary files must be gone all the same.
         stage = stage_of(dst)
@@ -381,6 +387,8 @@ def main() -> int:
     parser.add_argument("--work", default=None, help="a directory for the trees (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=0,
                         help="pass --threads N to pcopy (threads inside workers: their stops are stormed too)")
+    parser.add_argument("--start-method", default=None, choices=("fork", "forkserver", "spawn"),
+                        help="pass --start-method to pcopy")
     args = parser.parse_args()
     rows = list(ROWS) if args.rows == "all" else args.rows.split(",")
     work = Path(args.work or tempfile.mkdtemp(prefix="pcopy-storm-"))
@@ -388,7 +396,10 @@ def main() -> int:
     if not src.exists():
         src.mkdir(parents=True)
         make_tree(src, args.large, 64, args.small, 64)
-    storm = Storm(src, work, args.jobs, ["--threads", str(args.threads)] if args.threads else [])
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    if args.start_method:
+        extra += ["--start-method", args.start_method]
+    storm = Storm(src, work, args.jobs, extra)
     storm.prepare()
     print(f"seed {args.seed}; a whole copy takes {storm.duration_s:.2f} s; rows {rows}", flush=True)
     tally: dict[str, list[int]] = {row: [0, 0, 0] for row in rows}
