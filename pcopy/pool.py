@@ -380,9 +380,7 @@ def parent_alive(parent: int) -> Callable[[], bool]:
             return False
         try:
             os.kill(parent, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:  # EPERM: a process of another user's has the pid now
+        except OSError:  # ESRCH; or EPERM: another user's process has the pid now
             return False
         return True
 
