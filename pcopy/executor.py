@@ -237,6 +237,7 @@ class Executor:
             import multiprocessing
 
             self.ctx = multiprocessing.get_context(self.config.start_method or default_start_method())
+            _start_helpers(self.ctx.get_start_method())
             if self.want_progress:
                 # Imported here: multiprocessing.managers alone costs ~30 ms of start-up.
                 from multiprocessing.managers import SyncManager
@@ -375,6 +376,28 @@ class _DirectProgress:
 
     def __init__(self, on_progress: Callable[[int, int, int, int], None]) -> None:
         self.put = lambda item: on_progress(*item)
+
+
+def _start_helpers(method: str) -> None:
+    """multiprocessing's own helper processes, before any of pcopy's: the resource tracker
+    (spawn, forkserver), and the fork server. The tracker's start ends by unblocking SIGINT and
+    SIGTERM in the calling thread, whatever the mask was: started by the first worker's start,
+    inside signals_blocked, it let that worker (or the fork server) start with them unblocked,
+    and a Ctrl-C to the process group then killed the fork server in its imports (pcopy: EOFError,
+    "Aborted!", exit 1). So the tracker first, on its own; then the fork server, blocked."""
+    if method == "fork" or sys.platform == "win32":
+        return
+    from multiprocessing import resource_tracker
+
+    from pcopy.interrupts import deferred, signals_blocked
+
+    with deferred():
+        resource_tracker.ensure_running()
+        if method == "forkserver":
+            from multiprocessing import forkserver
+
+            with signals_blocked():
+                forkserver.ensure_running()
 
 
 def _manager_home() -> str | None:

@@ -6,9 +6,15 @@ Most cases call the in-process API (pcopy.copy), which runs exactly what the CLI
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import socket
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +161,34 @@ def test_cli_forkserver_workers_and_bar_last_through_a_long_job(tmp_path: Path, 
     assert run.returncode == 0, run
     assert "100%" in run.stderr and "failed 0" in run.stdout + run.stderr, run
     assert_same_tree(before, dst)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_cli_forkserver_server_starts_with_signals_blocked(tmp_path: Path) -> None:
+    """The fork server must start with SIGINT and SIGTERM held back, like every process pcopy
+    starts: multiprocessing's resource tracker unblocked them in pcopy as it started, and a
+    Ctrl-C to the process group then killed the fork server in its imports (pcopy: "Aborted!",
+    exit 1)."""
+    src, dst = sample(tmp_path)
+    long = src / "long.bin"
+    long.write_bytes(os.urandom(1 << 20) * 64)  # the run lasts long enough to look at it
+    proc = subprocess.Popen([sys.executable, "-m", "pcopy", str(src), str(dst), "-j", "2", "--buffer-size", "1024",
+                             "--start-method", "forkserver", "-q"], stderr=subprocess.PIPE)
+    blocked = None
+    try:
+        deadline = time.monotonic() + 30
+        while blocked is None and proc.poll() is None and time.monotonic() < deadline:
+            for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"from multiprocessing.forkserver import" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        status = Path(f"/proc/{child}/status").read_text()
+                        blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+            time.sleep(0.005)
+    finally:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert blocked is not None, "no fork server seen"
+    assert blocked & (1 << (signal.SIGINT - 1)) and blocked & (1 << (signal.SIGTERM - 1)), hex(blocked)
 
 
 def test_cli_read_write_loop_1024(tmp_path: Path, run_pcopy: RunPcopy) -> None:
