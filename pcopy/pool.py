@@ -169,6 +169,21 @@ class WorkerPool(CallQueue):
             results_w.close()
         return _Worker(process, jobs_w, results_r)
 
+    def _start_worker_again(self) -> _Worker:
+        """_start_worker, tried twice: under forkserver a start is a conversation with the fork
+        server, and one that died (killed, the OOM killer) ends it with EOFError; multiprocessing
+        starts a new fork server on the next try. A second failure is an OSError, which pcopy
+        reports in one line (exit 1), not click's bare "Aborted!"."""
+        try:
+            return self._start_worker()
+        except EOFError:
+            pass
+        try:
+            return self._start_worker()
+        except EOFError as exc:
+            raise OSError(f"cannot start a worker process ({self.ctx.get_start_method()}): "
+                          "its starter process is gone") from exc
+
     @property
     def pids(self) -> list[int]:
         return [w.process.pid for w in self.workers]
@@ -183,7 +198,7 @@ class WorkerPool(CallQueue):
             worker = min(self.workers, key=lambda w: len(w.calls)) if self.workers else None
             if worker is None or (worker.calls and len(self.workers) < self.max_workers):
                 with deferred(), signals_blocked():
-                    worker = self._start_worker()
+                    worker = self._start_worker_again()
                     self.workers.append(worker)
             elif len(worker.calls) >= CALLS_PER_WORKER:
                 return

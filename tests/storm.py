@@ -98,6 +98,22 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def pool_processes(pid: int) -> list[int]:
+    """pcopy's workers and Manager: its children, except multiprocessing's helpers (the resource
+    tracker; the fork server, whose children they are under forkserver)."""
+    found = []
+    for child in children_of(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"multiprocessing.forkserver" in cmdline:
+            found += children_of(child)
+        elif b"multiprocessing.resource_tracker" not in cmdline:
+            found.append(child)
+    return found
+
+
 def digest_tree(root: Path) -> dict[str, tuple[int, str]]:
     out = {}
     for dirpath, _, files in os.walk(root):
@@ -252,7 +268,7 @@ class Storm:
                 os.kill(proc.pid, signal.SIGKILL)
                 return signal.SIGKILL, now
             if row in ("kill-worker", "kill-manager"):
-                victims = [p for p in children_of(proc.pid) if self._is_role(p, row)]
+                victims = [p for p in pool_processes(proc.pid) if self._is_role(p, row)]
                 if victims:
                     os.kill(rng.choice(victims), signal.SIGKILL)
                 return None

@@ -142,3 +142,42 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+class _FlakyContext:
+    """A start-method context whose first `failures` process starts end as a start with a dead
+    fork server does: EOFError."""
+
+    def __init__(self, failures: int) -> None:
+        self.real = multiprocessing.get_context("fork")
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def Process(self, *args: Any, **kwargs: Any) -> Any:  # (multiprocessing's name)
+        process = self.real.Process(*args, **kwargs)
+        if self.failures:
+            self.failures -= 1
+
+            def start() -> None:
+                raise EOFError
+
+            process.start = start
+        return process
+
+
+def test_a_worker_start_that_ends_in_eof_is_tried_again() -> None:
+    pool = WorkerPool(1, _FlakyContext(failures=1))  # type: ignore[arg-type]
+    done: list[Any] = []
+    pool.apply_async(square, (7,), callback=done.append, error_callback=done.append)
+    drive(pool, done, 1)
+    assert done == [49]
+    pool.close()
+
+
+def test_a_worker_that_cannot_start_is_an_os_error_saying_so() -> None:
+    pool = WorkerPool(1, _FlakyContext(failures=2))  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="cannot start a worker process"):
+        pool.apply_async(square, (7,))
+    pool.close()
