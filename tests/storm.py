@@ -309,7 +309,7 @@ class Storm:
             # Python's own start-up: SIGTERM's default action or a KeyboardInterrupt, before
             # pcopy did anything. What must still hold: nothing written, nothing left running.
             if dst.exists():
-                problems.append("signalled before pcopy started, yet DST exists")
+                problems.append(f"signalled before pcopy started, yet DST exists (stderr: {err[:600]!r})")
             self._check_gone(proc.pid, ended, problems)
             self._check_tmp(row, problems)
             return
