@@ -280,6 +280,17 @@ def test_a_poisoned_entry_in_a_group_of_jobs_is_narrowed_down_to_itself(tmp_path
         real_submit(self, jobs)
 
     poison_creates(monkeypatch)
+    # Groups form only from jobs that wait for a worker. On a page cache the workers can keep up
+    # with the walk (in one CI run every call held one job), so here each create in the new DST
+    # takes 30 ms, as on slow storage, and up to 4 of what waits go together.
+    deadly_create = pcopy.worker._Lean._create
+
+    def slow_create(self: Any, dst: str, mode: int, dir_fd: int | None, shown: str) -> tuple[int, str | None]:
+        time.sleep(0.03)
+        return deadly_create(self, dst, mode, dir_fd, shown)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(pcopy.worker._Lean, "_create", slow_create)
+    monkeypatch.setattr(CopyRun, "group_size", lambda self, waiting: min(waiting, 4))
     monkeypatch.setattr(CopyRun, "submit_group", counted)
     dst = tmp_path / "dst"
     report = run_copy(locate(str(src), str(dst)), Config(jobs=2, threads=8, start_method="fork"))
