@@ -386,13 +386,23 @@ def run_storm(storm: Storm, rows: list[str], trials: int, seed: int, budget_s: f
     rng = random.Random(seed)
     done: list[Trial] = []
     start = time.monotonic()
-    for _ in range(trials):
-        for row in rows:
-            if budget_s is not None and time.monotonic() - start > budget_s:
-                return done
-            trial = storm.run(row, rng)
-            done.append(trial)
-            report(trial)
+    # A shell's background job (`make test &`) starts with SIGINT ignored, and an ignored signal
+    # stays ignored across exec: every pcopy would start deaf to the storm's SIGINTs until its own
+    # handler, and copy on through a signal sent before it. (A handler is reset to the default.)
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for _ in range(trials):
+            for row in rows:
+                if budget_s is not None and time.monotonic() - start > budget_s:
+                    return done
+                trial = storm.run(row, rng)
+                done.append(trial)
+                report(trial)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return done
 
 
