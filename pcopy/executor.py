@@ -404,15 +404,22 @@ def _manager_home() -> str | None:
     """A name for a directory of this run's own, to hold the Manager's Unix socket (the Manager
     makes it: _init_manager). Left to multiprocessing, the socket goes into a /tmp/pymp-*
     directory that only the Manager's own clean exit removes, and the Manager is killed
-    (_stop_manager): every run with a bar left one behind. None where sockets are not files
-    (Windows: a named pipe) or the path would be too long for one."""
+    (_stop_manager): every run with a bar left one behind. In TMPDIR, or where that is too
+    long for a socket's path (a test's tmp_path was), the first of the usual temporary
+    directories that is not: left to multiprocessing, the socket would go to a pymp-* directory
+    after all. None where sockets are not files (Windows: a named pipe) or no such directory is
+    short enough."""
     if sys.platform == "win32":
         return None
     import tempfile
 
     # Unguessable, so no one else's file or link can be in its place (mkdir refuses those).
-    home = os.path.join(tempfile.gettempdir(), f"pcopy-{os.getpid()}-{os.urandom(6).hex()}")
-    return home if len(os.fsencode(home)) <= MAX_SOCKET_DIR else None
+    name = f"pcopy-{os.getpid()}-{os.urandom(6).hex()}"
+    for base in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/usr/tmp"):
+        home = os.path.join(base, name)
+        if len(os.fsencode(home)) <= MAX_SOCKET_DIR and os.path.isdir(base):
+            return home
+    return None
 
 
 def _reap(manager: Any) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +362,15 @@ def _small_tree(root: Path, dirs: int = 4, files: int = 30) -> None:
             (sub / f"f{f}").write_bytes(b"x" * (100 + f))
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A TMPDIR short enough for pcopy to keep its Manager's socket in it (a pytest tmp_path
+    can be too long for a socket's path: pcopy then uses /tmp, see the test of that)."""
+    path = Path(tempfile.mkdtemp(prefix="pc-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _pcopy_env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ, TMPDIR=str(tmp))
     env.pop("COLUMNS", None)
@@ -367,14 +379,14 @@ def _pcopy_env(tmp: Path) -> dict[str, str]:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="fork and forkserver")
 @pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
-def test_a_run_with_a_bar_leaves_nothing_in_the_temporary_directory(tmp_path: Path, start_method: str) -> None:
+def test_a_run_with_a_bar_leaves_nothing_in_the_temporary_directory(tmp_path: Path, short_tmp: Path,
+                                                                   start_method: str) -> None:
     """The Manager's socket lived in a /tmp/pymp-* directory that only the Manager's own clean
     exit removes, and pcopy kills it: every run with a bar left one behind. The forkserver's
     socket is in such a directory too, which multiprocessing removes at exit, and pcopy leaves
     by os._exit."""
     _small_tree(tmp_path / "src")
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmp
     proc = subprocess.run([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / "dst"),
                            "--progress", "-j", "2", "--start-method", start_method],
                           capture_output=True, env=_pcopy_env(tmp), timeout=60, check=False)
@@ -383,11 +395,28 @@ def test_a_run_with_a_bar_leaves_nothing_in_the_temporary_directory(tmp_path: Pa
     assert sorted(os.listdir(tmp)) == []
 
 
-def test_the_manager_removes_its_directory_when_pcopy_is_killed(tmp_path: Path) -> None:
+@pytest.mark.skipif(not os.path.isdir("/tmp"), reason="the fallback is /tmp")
+def test_a_temporary_directory_too_long_for_a_socket_is_left_empty_too(tmp_path: Path) -> None:
+    """A TMPDIR too long for a socket's path (a pytest tmp_path of 90-odd bytes was, in CI's
+    checkout): the Manager's directory goes to /tmp, and is removed from there too. (Left to
+    multiprocessing, a pymp-* directory stayed in TMPDIR.)"""
+    _small_tree(tmp_path / "src")
+    tmp = tmp_path / ("t" * 100)
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / "dst"),
+                             "--progress", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_pcopy_env(tmp))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"100%" in err
+    assert sorted(os.listdir(tmp)) == []
+    assert [name for name in os.listdir("/tmp") if name.startswith(f"pcopy-{proc.pid}-")] == []
+
+
+def test_the_manager_removes_its_directory_when_pcopy_is_killed(tmp_path: Path, short_tmp: Path) -> None:
     """SIGKILLed, pcopy cannot clean up; its Manager notices and removes its socket's directory."""
     _small_tree(tmp_path / "src", dirs=8, files=400)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    tmp = short_tmp
     proc = subprocess.Popen([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / "dst"),
                              "--progress", "-j", "2", "--buffer-size", "1024"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_pcopy_env(tmp))
