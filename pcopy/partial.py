@@ -26,7 +26,6 @@ not tell how far the copy got. With --partial, files are not split into byte ran
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 
@@ -51,7 +50,9 @@ def resumable(task: EntryTask) -> bool:
 
 def stamp_for(size: int, mtime_ns: int) -> int:
     """The atime (ns) that marks a partial file as written from a source of this size and mtime."""
-    digest = hashlib.blake2b(f"{size}:{mtime_ns}".encode(), digest_size=8).digest()
+    from hashlib import blake2b  # (here: hashlib loads OpenSSL, ~4 ms of every start)
+
+    digest = blake2b(f"{size}:{mtime_ns}".encode(), digest_size=8).digest()
     return (_STAMP_BASE_S + int.from_bytes(digest, "big") % _STAMP_RANGE_S) * 1_000_000_000
 
 

@@ -4,7 +4,6 @@ docs/json.md; bump SCHEMA_VERSION whenever a field changes meaning or goes away.
 
 from __future__ import annotations
 
-import base64
 import errno as errno_module
 import os
 from dataclasses import dataclass, field
@@ -242,7 +241,9 @@ def json_path(path: str, key: str = "path") -> dict[str, str]:
     try:
         return {key: raw.decode("utf-8")}
     except UnicodeDecodeError:
-        return {key: raw.decode("utf-8", "backslashreplace"), key + "_b64": base64.b64encode(raw).decode("ascii")}
+        from base64 import b64encode  # (only for such names: not part of every start)
+
+        return {key: raw.decode("utf-8", "backslashreplace"), key + "_b64": b64encode(raw).decode("ascii")}
 
 
 def relative(path: str, roots: tuple[str, ...]) -> str:
