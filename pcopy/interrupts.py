@@ -31,6 +31,17 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Signals that end the clean-up at once: the third (first + one ignored) and later.
 GIVE_UP_AFTER = 3
 
+# How soon a signal that landed inside the import machinery is tried again (see handle).
+RETRY_S = 0.005
+_CAN_RETRY = hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM")
+
+
+def _in_import_machinery(frame: Any) -> bool:
+    """Whether Python was running importlib's own code when the signal came (not a module's
+    body being imported: an exception leaves that through importlib's clean-up as an
+    ImportError would)."""
+    return frame is not None and frame.f_code.co_filename.startswith("<frozen importlib")
+
 
 class InterruptGuard:
     """SIGINT and SIGTERM raise CopyInterruptedError, once; see the module note."""
@@ -44,8 +55,28 @@ class InterruptGuard:
         # a __del__: "Exception ignored in ..."): check() raises it again where it can.
         self.swallowed = False
         self.previous_hook: Callable[[Any], Any] = sys.unraisablehook
+        # A signal held back because it landed inside importlib (see handle), and the SIGALRM
+        # handler that was there before the retry's.
+        self.pending: int | None = None
+        self.previous_alarm: Any = None
 
-    def handle(self, signum: int, frame: object) -> None:
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.first is None and _CAN_RETRY and _in_import_machinery(frame):
+            # An exception raised here can leave importlib's lock held for good: its module-lock
+            # weakref callback takes the lock one bytecode before the `try` that releases it
+            # (the raise is then also swallowed, "Exception ignored in ... cb"). Every later
+            # import then waits for ever, and so does os.fork, which takes that lock: the next
+            # worker's or the Manager's start hung, with SIGINT/SIGTERM blocked around it (a CI
+            # storm's SIGTERM 137 ms in). So the signal is held and tried again a moment later,
+            # by a timer: the import machinery is left within microseconds.
+            if self.pending is None:
+                self.pending = signum
+                self.previous_alarm = signal.signal(signal.SIGALRM, self._retry)
+                signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
+        if self.pending is not None:  # another signal, outside importlib: the held one is first
+            signum = self.pending
+            self._cancel_retry()
         self.count += 1
         if self.first is not None:
             if self.count >= GIVE_UP_AFTER:
@@ -57,6 +88,21 @@ class InterruptGuard:
             return
         raise CopyInterruptedError(signum)
 
+    def _retry(self, signum: int, frame: Any) -> None:
+        """SIGALRM, set by handle: the held signal, handled now (or again later)."""
+        if self.pending is None:
+            return
+        if _in_import_machinery(frame):
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
+        self.handle(self.pending, frame)
+
+    def _cancel_retry(self) -> None:
+        self.pending = None
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        # (None: a handler not set from Python; the default is what SIGALRM had then)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if self.previous_alarm is None else self.previous_alarm)
+
     def install(self) -> dict[int, Any]:
         """The handlers, and the hook that catches a swallowed raise; returns what restore()
         puts back."""
@@ -67,6 +113,8 @@ class InterruptGuard:
         for sig, old in previous.items():
             signal.signal(sig, old)
         sys.unraisablehook = self.previous_hook
+        if self.pending is not None:  # (a retry still due: the caller's SIGALRM back)
+            self._cancel_retry()
 
     def unraisable(self, args: Any) -> None:
         """sys.unraisablehook: the interrupt raised where it could only be printed and dropped

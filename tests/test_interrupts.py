@@ -9,7 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +62,62 @@ def test_other_unraisable_exceptions_still_reach_the_previous_hook() -> None:
     finally:
         sys.unraisablehook = previous
     assert len(seen) == 1 and isinstance(seen[0], ValueError)
+
+
+# Code that runs as importlib's own does (its frames carry importlib's file name). The real
+# case: importlib's module-lock weakref callback takes the import lock one bytecode before the
+# `try` that releases it; a raise there left the lock held for good, and the next fork (a
+# worker's or the Manager's start, with SIGINT/SIGTERM blocked) waited for it for ever.
+IMPORTLIB_LIKE = compile("""
+def busy(kill, *args):
+    kill(*args)  # (os.kill itself: the handler runs when it returns, in this frame)
+    total = 0
+    for i in range(300_000):  # the handler runs at the next bytecode boundaries (several ms)
+        total += i
+    return total
+""", "<frozen importlib._bootstrap>", "exec")
+
+
+def _busy_in_import_machinery() -> Callable[..., int]:
+    namespace: dict[str, Any] = {}
+    exec(IMPORTLIB_LIKE, namespace)
+    return namespace["busy"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="the retry is a SIGALRM timer")
+def test_an_interrupt_inside_the_import_machinery_is_raised_just_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(interrupts, "RETRY_S", 0.2)  # (so the checks below run before the retry)
+    busy = _busy_in_import_machinery()
+    alarm_before = signal.getsignal(signal.SIGALRM)
+    with interrupts.signals_raise():
+        guard = interrupts.active_guard()
+        assert guard is not None
+        busy(os.kill, os.getpid(), signal.SIGTERM)  # no raise in there...
+        assert guard.first is None and guard.pending == signal.SIGTERM
+        started = time.monotonic()
+        with pytest.raises(CopyInterruptedError) as raised:  # ...but just after
+            while time.monotonic() - started < 5:
+                time.sleep(0.001)
+        assert time.monotonic() - started < 1
+        assert raised.value.exit_code == 128 + signal.SIGTERM
+        assert guard.pending is None and guard.first == signal.SIGTERM
+        assert signal.getsignal(signal.SIGALRM) == alarm_before  # the retry's handler is gone
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="the retry is a SIGALRM timer")
+def test_a_held_interrupt_stays_the_first_when_another_signal_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(interrupts, "RETRY_S", 0.2)
+    busy = _busy_in_import_machinery()
+    with interrupts.signals_raise():
+        guard = interrupts.active_guard()
+        assert guard is not None
+        busy(os.kill, os.getpid(), signal.SIGINT)
+        assert guard.pending == signal.SIGINT
+        with pytest.raises(CopyInterruptedError) as raised:
+            os.kill(os.getpid(), signal.SIGTERM)  # outside: handled at once, as the SIGINT
+            time.sleep(1)
+        assert raised.value.exit_code == 128 + signal.SIGINT
+        assert guard.count == 1 and guard.pending is None
 
 
 WORKER_SCRIPT = """
