@@ -56,9 +56,12 @@ class InterruptGuard:
         self.swallowed = False
         self.previous_hook: Callable[[Any], Any] = sys.unraisablehook
         # A signal held back because it landed inside importlib (see handle), and the SIGALRM
-        # handler that was there before the retry's.
+        # handler that was there before the retry's (put back by restore only: a timer that
+        # fired just before a cancel still trips SIGALRM, and with no Python handler by then
+        # Python prints "Signal 14 ignored due to race condition", a storm trial saw).
         self.pending: int | None = None
         self.previous_alarm: Any = None
+        self.alarm_set = False
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.first is None and _CAN_RETRY and _in_import_machinery(frame):
@@ -71,7 +74,9 @@ class InterruptGuard:
             # by a timer: the import machinery is left within microseconds.
             if self.pending is None:
                 self.pending = signum
-                self.previous_alarm = signal.signal(signal.SIGALRM, self._retry)
+                if not self.alarm_set:
+                    self.previous_alarm = signal.signal(signal.SIGALRM, self._retry)
+                    self.alarm_set = True
                 signal.setitimer(signal.ITIMER_REAL, RETRY_S)
             return
         if self.pending is not None:  # another signal, outside importlib: the held one is first
@@ -99,9 +104,7 @@ class InterruptGuard:
 
     def _cancel_retry(self) -> None:
         self.pending = None
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        # (None: a handler not set from Python; the default is what SIGALRM had then)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL if self.previous_alarm is None else self.previous_alarm)
+        signal.setitimer(signal.ITIMER_REAL, 0)  # (_retry stays: a SIGALRM already due finds nothing)
 
     def install(self) -> dict[int, Any]:
         """The handlers, and the hook that catches a swallowed raise; returns what restore()
@@ -113,8 +116,11 @@ class InterruptGuard:
         for sig, old in previous.items():
             signal.signal(sig, old)
         sys.unraisablehook = self.previous_hook
-        if self.pending is not None:  # (a retry still due: the caller's SIGALRM back)
+        if self.pending is not None:  # (a retry still due)
             self._cancel_retry()
+        if self.alarm_set:  # the caller's SIGALRM back (None: not set from Python, the default)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if self.previous_alarm is None else self.previous_alarm)
+            self.alarm_set = False
 
     def unraisable(self, args: Any) -> None:
         """sys.unraisablehook: the interrupt raised where it could only be printed and dropped
