@@ -67,11 +67,13 @@ class InterruptGuard:
         if self.first is None and _CAN_RETRY and _in_import_machinery(frame):
             # An exception raised here can leave importlib's lock held for good: its module-lock
             # weakref callback takes the lock one bytecode before the `try` that releases it
-            # (the raise is then also swallowed, "Exception ignored in ... cb"). Every later
-            # import then waits for ever, and so does os.fork, which takes that lock: the next
-            # worker's or the Manager's start hung, with SIGINT/SIGTERM blocked around it (a CI
-            # storm's SIGTERM 137 ms in). So the signal is held and tried again a moment later,
-            # by a timer: the import machinery is left within microseconds.
+            # (the raise is then also swallowed, "Exception ignored in ... cb"). Imports in any
+            # other thread then wait for ever, in this process and in a child forked after it:
+            # the bar's display thread importing tqdm, and, it seems, the progress Manager's
+            # thread importing hmac to answer pcopy's first request, which pcopy waited for
+            # with its signal spent (a CI storm's SIGTERM 137 ms in: a 30 s hang, nothing on
+            # stderr). So the signal is held and tried again a moment later, by a timer: the
+            # import machinery is left within microseconds.
             if self.pending is None:
                 self.pending = signum
                 if not self.alarm_set:
