@@ -23,6 +23,14 @@ def _before_copy(signum: int, frame: object) -> None:
 def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _before_copy)
+    if os.environ.get("PCOPY_DEBUG_STACKS") and hasattr(signal, "SIGUSR2"):
+        import faulthandler  # (built in: nothing to load)
+
+        # A debugging aid, off by default: `kill -USR2 PID` prints every thread's Python stack
+        # on stderr, in pcopy and in the workers and Manager it forks (they inherit it), so a
+        # run that hangs can say where (the storm uses it). Reading other threads' stacks
+        # while they run is not safe: 2 of 15 runs dumped mid-copy crashed (SIGSEGV).
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
     from pcopy.fastpath import parse
 
     # The plain `pcopy SRC DST [-j N] [-q] [--[no-]progress]` skips typer's ~40 ms import

@@ -232,14 +232,21 @@ class Storm:
         args.append("--progress" if row in BAR_ROWS else "--no-progress")
         self.tmp.mkdir(exist_ok=True)
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, env=dict(os.environ, TMPDIR=str(self.tmp)))
+                                start_new_session=True,
+                                env=dict(os.environ, TMPDIR=str(self.tmp), PCOPY_DEBUG_STACKS="1"))
         first_signal = self._act(row, proc, trial, rng)
         try:
             _, err_bytes = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            trial.problems.append("hung: still running 30 s after the trial's action")
+            # Every thread's stack, from pcopy and its children (with PCOPY_DEBUG_STACKS,
+            # pcopy.entry registers SIGUSR2 with faulthandler), goes into the failure: a hang
+            # that CI met once (term-bar, 30 s, nothing on stderr) is then seen.
+            os.killpg(proc.pid, signal.SIGUSR2)
+            time.sleep(1)
             os.killpg(proc.pid, signal.SIGKILL)
             _, err_bytes = proc.communicate()
+            trial.problems.append("hung: still running 30 s after the trial's action; stacks: "
+                                  + err_bytes.decode("utf-8", "replace")[-6000:])
         ended = time.monotonic()
         trial.code = proc.returncode
         err = err_bytes.decode("utf-8", "replace")

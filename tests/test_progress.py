@@ -5,10 +5,12 @@ trees (hard links once, skipped files, split files, re-runs)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -460,3 +462,25 @@ def test_close_does_not_wait_forever_for_a_display_thread_stuck_in_an_import() -
     assert proc.returncode == 0, proc.stderr
     waited, imported = proc.stdout.split()
     assert 0.4 <= float(waited) < 5 and imported == "False", proc.stdout
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2")
+def test_with_pcopy_debug_stacks_sigusr2_prints_every_threads_stack(tmp_path: Path) -> None:
+    """What the storm does to a trial that hangs: SIGUSR2 to pcopy's process group, a second
+    for the dumps, then SIGKILL. With PCOPY_DEBUG_STACKS set (the storm sets it) pcopy.entry
+    has registered SIGUSR2 with faulthandler, so the stacks are on stderr."""
+    _small_tree(tmp_path / "src", dirs=8, files=400)
+    proc = subprocess.Popen([sys.executable, "-m", "pcopy", str(tmp_path / "src"), str(tmp_path / "dst"),
+                             "--progress", "-j", "2", "--buffer-size", "1024"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            env=dict(_pcopy_env(tmp_path), PCOPY_DEBUG_STACKS="1"))
+    deadline = time.monotonic() + 30
+    while not any(p.name.endswith(".pcopy-new") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.005)  # (the stage exists: pcopy.entry ran long before)
+    assert proc.poll() is None, "the copy ended before the signal: make the tree larger"
+    os.killpg(proc.pid, signal.SIGUSR2)
+    time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert b"most recent call first" in err and b"pcopy/" in err
