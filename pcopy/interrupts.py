@@ -69,10 +69,8 @@ class InterruptGuard:
             # weakref callback takes the lock one bytecode before the `try` that releases it
             # (the raise is then also swallowed, "Exception ignored in ... cb"). Imports in any
             # other thread then wait for ever, in this process and in a child forked after it:
-            # the bar's display thread importing tqdm, and, it seems, the progress Manager's
-            # thread importing hmac to answer pcopy's first request, which pcopy waited for
-            # with its signal spent (a CI storm's SIGTERM 137 ms in: a 30 s hang, nothing on
-            # stderr). So the signal is held and tried again a moment later, by a timer: the
+            # the bar's display thread importing tqdm never ended (progress.close bounds the
+            # wait). So the signal is held and tried again a moment later, by a timer: the
             # import machinery is left within microseconds.
             if self.pending is None:
                 self.pending = signum
