@@ -176,6 +176,49 @@ def test_growth_is_judged_against_the_same_kind_of_work() -> None:
     assert c.limit == 64
 
 
+@pytest.mark.parametrize("slow_src", [True, False])
+def test_stats_from_a_slow_source_grow_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   slow_src: bool) -> None:
+    """From a slow SRC (options.read_threads, set by the start-up probe) a job's stat phase
+    counts towards the worker's thread limit: a worker's first job would otherwise stat all its
+    names, each a round trip, on one thread. From a local SRC it does not (its stats compute
+    and would halve what a copy to slow storage grew). Each stat here waits 2 ms, as a round
+    trip would; the copies themselves are on the page cache and never grow the limit."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    names = tuple(f"f{i:02d}" for i in range(64))
+    for name in names:
+        (src / name).write_bytes(b"x" * 10)
+    real = os.stat
+    lock = threading.Lock()
+    at_once = [0, 0]  # stats of the job's names in flight now, the most at any time
+
+    def round_trip(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if path not in names:
+            return real(path, *args, **kwargs)
+        with lock:
+            at_once[0] += 1
+            at_once[1] = max(at_once)
+        try:
+            time.sleep(0.002)
+            return real(path, *args, **kwargs)
+        finally:
+            with lock:
+                at_once[0] -= 1
+
+    monkeypatch.setattr(os, "stat", round_trip)
+    threads.reset()
+    try:
+        result = worker.run_job(DirJob(1, str(src), str(dst), names, True, 1 << 40, 1 << 40, True,
+                                       CopyOptions(read_threads=2 if slow_src else 0)))
+    finally:
+        threads.reset()
+        HELD.clear()  # the job's directories, held for the rest of this process otherwise
+    assert result.files == 64 and not result.failures
+    assert (at_once[1] > 1) is slow_src, at_once
+
+
 def test_group_size_spans_directories_once_threads_grow() -> None:
     assert threads.group_size(1) == 1
     assert threads.group_size(8) == 2
