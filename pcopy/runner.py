@@ -157,10 +157,14 @@ class CopyRun:
                 interrupts.check()
                 ok = True
             finally:
-                self.executor.close(terminate=not ok)
-                self.progress.close()
-                if self.bwlimit_path:
-                    bwlimit.remove(self.bwlimit_path)
+                # One piece (bounded: each step's waits are): a signal raised halfway left what
+                # the rest would have removed, e.g. the Manager's directory once the Manager was
+                # killed (a storm trial, TMPDIR on slowfs). It is raised at the end instead.
+                with interrupts.deferred():
+                    self.executor.close(terminate=not ok)
+                    self.progress.close()
+                    if self.bwlimit_path:
+                        bwlimit.remove(self.bwlimit_path)
             if fallbacks := self.link_fallbacks + self.splits.link_fallbacks:
                 self.report.warnings.append(
                     f"{fallbacks} unchanged entries could not be hard-linked from --link-dest "
