@@ -430,6 +430,7 @@ main()
 """
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the Manager's socket is a named pipe there: no directory")
 def test_an_interrupt_during_the_teardown_still_removes_the_managers_directory(tmp_path: Path,
                                                                               short_tmp: Path) -> None:
     """The teardown (workers, Manager, its directory, the bar) is one deferred section: a signal
