@@ -18,7 +18,8 @@ import queue
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pcopy.config import Config
@@ -47,6 +48,9 @@ WORKER_DIED = "worker process died while copying this entry (killed, e.g. by the
 
 # How long the progress Manager may take to stop before it is killed (seconds).
 MANAGER_STOP_S = 0.5
+# How long the Manager may take to start and hand out the progress queue (~50 ms; seconds on a
+# loaded machine under spawn) before pcopy gives up the bar and copies on without it.
+MANAGER_START_S = 10.0
 
 # The longest directory a Unix socket path can start with ("/manager" and the terminating NUL
 # must fit in sun_path: 104 bytes on macOS, 108 on Linux).
@@ -244,19 +248,20 @@ class Executor:
 
                 # Only when someone watches progress: a Manager is one more process (~50 ms).
                 # It starts with signals held back, like the workers (interrupts.signals_blocked).
-                with deferred(), signals_blocked():
-                    self.manager_home = _manager_home()
-                    address = os.path.join(self.manager_home, "manager") if self.manager_home else None
-                    self.manager = SyncManager(address=address, ctx=self.ctx)
+                with _deadline(lambda: self.manager, MANAGER_START_S):
+                    with deferred(), signals_blocked():  # (one section: a raise finds it started)
+                        self.manager_home = _manager_home()
+                        address = os.path.join(self.manager_home, "manager") if self.manager_home else None
+                        self.manager = SyncManager(address=address, ctx=self.ctx)
+                        try:
+                            self.manager.start(_init_manager, (os.getpid(), self.manager_home))
+                        except (OSError, EOFError):  # no directory (_init_manager), or past the deadline
+                            _reap(self.manager)
+                            self.manager = None
                     try:
-                        self.manager.start(_init_manager, (os.getpid(), self.manager_home))
-                    except (OSError, EOFError):  # it could not make its directory (_init_manager)
-                        _reap(self.manager)
-                        self.manager = None
-                try:
-                    self.progress_queue = self.manager.Queue() if self.manager is not None else None
-                except Exception:  # the Manager is already gone: no bar, the copy goes on
-                    self.progress_queue = None
+                        self.progress_queue = self.manager.Queue() if self.manager is not None else None
+                    except Exception:  # the Manager is already gone: no bar, the copy goes on
+                        self.progress_queue = None
         self.pool = WorkerPool(self.config.jobs, self.ctx, initializer=init_worker,
                                initargs=(self.progress_queue,), on_lost=self._lost)
 
@@ -420,6 +425,32 @@ def _manager_home() -> str | None:
         if len(os.fsencode(home)) <= MAX_SOCKET_DIR and os.path.isdir(base):
             return home
     return None
+
+
+@contextmanager
+def _deadline(manager: Callable[[], Any], seconds: float) -> Iterator[None]:
+    """Kill the process of the Manager manager() returns if the block has not ended within
+    seconds. Its start waits for the Manager's address with no limit (and with signals held
+    back: a SIGTERM then waits too), and so does every request to it; a Manager that never
+    answers would hang pcopy before its copy began. Killed, it closes its end: the wait ends in
+    EOFError, the bar is given up and the copy goes on."""
+    import threading
+
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(seconds):
+            process = getattr(manager(), "_process", None)
+            if process is not None and process.exitcode is None:
+                process.kill()
+
+    watcher = threading.Thread(target=watch, name="pcopy-manager-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 def _reap(manager: Any) -> None:

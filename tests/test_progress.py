@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from treeutil import assert_same_tree
 
 import pcopy
 import pcopy.progress
@@ -443,6 +444,46 @@ def test_an_interrupt_during_the_teardown_still_removes_the_managers_directory(t
                           capture_output=True, env=_pcopy_env(short_tmp), timeout=60, check=False)
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.decode().endswith("\n") and b"Traceback" not in proc.stderr, proc.stderr
+    assert sorted(os.listdir(short_tmp)) == []
+
+
+# pcopy with a progress Manager that never answers: at its start (it never sends its address)
+# or at the progress queue's creation (it never replies); a 1 s deadline instead of 10.
+MANAGER_HANGS = """
+import sys, time
+from multiprocessing import managers
+from pcopy import executor
+executor.MANAGER_START_S = 1.0
+real = executor._init_manager
+def hang(*args):
+    time.sleep(120)
+def hang_at_create(self, *args, **kwargs):
+    time.sleep(120)
+if sys.argv.pop(1) == "start":
+    executor._init_manager = hang
+else:
+    managers.Server.create = hang_at_create
+from pcopy.entry import main
+main()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork: the patches reach the Manager")
+@pytest.mark.parametrize("where", ["start", "queue"])
+def test_a_manager_that_never_answers_costs_the_bar_not_the_copy(tmp_path: Path, short_tmp: Path,
+                                                                  where: str) -> None:
+    """The Manager's start waits for its address, and the queue's creation for its reply, with
+    no limit of multiprocessing's (the start with signals held back, so a SIGTERM waited too).
+    A deadline kills a Manager that does not answer: the copy goes on without the workers'
+    progress, and nothing is left behind."""
+    _small_tree(tmp_path / "src")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", MANAGER_HANGS, where, str(tmp_path / "src"),
+                           str(tmp_path / "dst"), "--progress", "-j", "2", "--start-method", "fork"],
+                          capture_output=True, env=_pcopy_env(short_tmp), timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 30
+    assert_same_tree(tmp_path / "src", tmp_path / "dst", atime=False)  # (the copy's reads move atimes)
     assert sorted(os.listdir(short_tmp)) == []
 
 
