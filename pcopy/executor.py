@@ -436,21 +436,19 @@ def _deadline(manager: Callable[[], Any], seconds: float) -> Iterator[None]:
     EOFError, the bar is given up and the copy goes on."""
     import threading
 
-    done = threading.Event()
+    def kill() -> None:
+        process = getattr(manager(), "_process", None)
+        if process is not None and process.exitcode is None:
+            process.kill()
 
-    def watch() -> None:
-        if not done.wait(seconds):
-            process = getattr(manager(), "_process", None)
-            if process is not None and process.exitcode is None:
-                process.kill()
-
-    watcher = threading.Thread(target=watch, name="pcopy-manager-deadline", daemon=True)
-    watcher.start()
+    timer = threading.Timer(seconds, kill)
+    timer.daemon = True
+    timer.start()
     try:
         yield
     finally:
-        done.set()
-        watcher.join()
+        timer.cancel()
+        timer.join()
 
 
 def _reap(manager: Any) -> None:

@@ -454,15 +454,12 @@ import sys, time
 from multiprocessing import managers
 from pcopy import executor
 executor.MANAGER_START_S = 1.0
-real = executor._init_manager
-def hang(*args):
-    time.sleep(120)
-def hang_at_create(self, *args, **kwargs):
+def hang(*args, **kwargs):
     time.sleep(120)
 if sys.argv.pop(1) == "start":
     executor._init_manager = hang
 else:
-    managers.Server.create = hang_at_create
+    managers.Server.create = hang
 from pcopy.entry import main
 main()
 """
