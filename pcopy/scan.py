@@ -35,7 +35,7 @@ def scan_dir(job: ScanJob, dst_fd: int | None, src_fd: int | None) -> tuple[JobR
         result.failures.append(CopyFailure.of(path, exc, STEP_WALK))
 
     names, subdirs = list_dir(job.src_dir, job.rel, dereference=options.dereference, on_error=walk_error,
-                              excluded=job.filters.excluded if job.filters else None)
+                              excluded=job.filters.excluded if job.filters else None, dir_fd=src_fd)
     found: list[FoundDir] = []  # appends are atomic: threads share these two lists
     not_dirs: list[str] = []
 

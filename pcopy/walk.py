@@ -77,19 +77,42 @@ class Names(NamedTuple):
 
 
 def list_dir(path: str, rel: str, *, dereference: bool, on_error: OnError,
-             excluded: Excluded | None = None) -> tuple[list[str], list[str]]:
+             excluded: Excluded | None = None, dir_fd: int | None = None) -> tuple[list[str], list[str]]:
     """The names in directory path (rel below the root): (non-directories, directories), in
     listing order. File types come from the directory entry (d_type), so a file costs no
     syscall here; with dereference, symlinks are followed (one stat each, to tell directories).
     excluded (optional) drops names by relative path ('/'-joined), a directory before it is
-    ever entered. An error is reported through on_error and ends the listing, never the run."""
+    ever entered. An error is reported through on_error and ends the listing, never the run.
+    dir_fd: path opened (O_PATH will do), to list it from there rather than by its path: on a
+    network or FUSE file system without name caching a path costs a LOOKUP per component
+    (a directory 6 levels below SRC: 7 requests, against none from the descriptor)."""
     names: list[str] = []
     dirs: list[str] = []
     try:
-        listing = os.scandir(path)
+        # "." from the descriptor: the directory itself, no name to look up. Open while its
+        # entries are read: a DirEntry stats relative to it (is_dir of a symlink, or where the
+        # file system gives no d_type).
+        fd = (os.open(".", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+              if dir_fd is not None and _LIST_FD else None)
     except OSError as exc:
         on_error(path, exc)
         return names, dirs
+    try:
+        _read(os.scandir(path if fd is None else fd), path, rel, dereference, on_error, excluded, names, dirs)
+    except OSError as exc:
+        on_error(path, exc)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return names, dirs
+
+
+# (scandir lists a duplicate of a descriptor it is given, and stats relative to the original)
+_LIST_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
+
+
+def _read(listing: os._ScandirIterator[str], path: str, rel: str, dereference: bool, on_error: OnError,
+          excluded: Excluded | None, names: list[str], dirs: list[str]) -> None:
     with listing:
         while True:
             try:
@@ -106,4 +129,3 @@ def list_dir(path: str, rel: str, *, dereference: bool, on_error: OnError,
             if excluded is not None and excluded(f"{rel}/{item.name}" if rel else item.name, is_dir):
                 continue
             (dirs if is_dir else names).append(item.name)
-    return names, dirs

@@ -190,3 +190,37 @@ def test_held_limit_follows_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(resource, "getrlimit", lambda _kind: (64, 64))
     monkeypatch.setattr(pcopy.threads, "HELD", OpenDirs(held_limit()))
     assert pcopy.threads.max_threads() == 4
+
+
+@pytest.mark.parametrize("dereference", [False, True])
+def test_a_directory_listed_from_its_descriptor_lists_as_by_its_path(tmp_path: Path, dereference: bool) -> None:
+    """pcopy.scan lists a directory from the (O_PATH) descriptor its job holds: the same names,
+    kinds and exclusions as a listing by path."""
+    from pcopy.walk import list_dir
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(b"x")
+    for name in ("d1", "d2", "skip"):
+        (tmp_path / name).mkdir()
+    os.symlink("d1", tmp_path / "to_dir")
+    os.symlink("a", tmp_path / "to_file")
+    os.mkfifo(tmp_path / "fifo")
+    errors: list[str] = []
+
+    def listed(dir_fd: int | None) -> tuple[list[str], list[str]]:
+        names, dirs = list_dir(str(tmp_path), "rel", dereference=dereference,
+                               on_error=lambda path, exc: errors.append(path),
+                               excluded=lambda rel, is_dir: rel == "rel/skip", dir_fd=dir_fd)
+        return sorted(names), sorted(dirs)
+
+    held = OpenDirs()
+    fd = held.open(str(tmp_path))
+    assert fd is not None
+    try:
+        by_fd = listed(fd)
+    finally:
+        os.close(fd)
+        held.clear()
+    assert by_fd == listed(None) == (["a", "b", "c", "fifo"] + ([] if dereference else ["to_dir"]) + ["to_file"],
+                                     ["d1", "d2"] + (["to_dir"] if dereference else []))
+    assert errors == []
