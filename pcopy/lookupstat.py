@@ -257,6 +257,19 @@ def stat_at(name: str, *, dir_fd: int, follow_symlinks: bool = True) -> os.stat_
     buf = _statx(dir_fd, os.fsencode(name), flags, name)
     if buf.mask & _STATX_BASIC_STATS != _STATX_BASIC_STATS:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    return _result(buf)
+
+
+def stat_fd(fd: int, shown: str) -> os.stat_result:
+    """os.fstat(fd) for a file just opened by name (O_PATH will do) in a directory on a device
+    lookup_devs() returned: the attributes its LOOKUP brought, with no request."""
+    buf = _statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, shown)
+    if buf.mask & _STATX_BASIC_STATS != _STATX_BASIC_STATS:
+        return os.fstat(fd)
+    return _result(buf)
+
+
+def _result(buf: Any) -> os.stat_result:
     a, m, c = buf.atime, buf.mtime, buf.ctime
     # os.stat_result's order: the ten visible fields, then the float and nanosecond times,
     # st_blksize, st_blocks, st_rdev (built as posixmodule.c's _pystat_fromstructstat does).

@@ -93,8 +93,9 @@ def test_a_tree_goes_to_slow_storage_and_back_with_many_requests_in_flight(
     assert_same_tree(before, back, atime=False)  # (the mount's atimes moved as it was read)
     assert read["max_in_flight"] > 10, read
     # A name's stat takes the attributes its LOOKUP returned (pcopy.lookupstat): measured 12.2
-    # requests per file without, 11.1 with.
-    assert total_ops(read) / files < 11.6, str({k: v for k, v in read["ops"].items() if v})
+    # requests per file without, 11.1 with; 9.05 once each name is looked up once, for its stat
+    # and its open together (pcopy.worker._Opened).
+    assert total_ops(read) / files < 9.6, str({k: v for k, v in read["ops"].items() if v})
     assert temp_leftovers(back) == [] and temp_leftovers(mount.backing / "tree") == []
 
     mount.reset()
@@ -150,6 +151,15 @@ def test_a_deep_tree_goes_to_slow_storage_whole(mount: SlowMount, tmp_path: Path
     assert (report["files"], report["failed"]) == (0, 0)
     rerun = mount.counters()
     assert total_ops(rerun) / report["skipped"] < 6.0, str({k: v for k, v in rerun["ops"].items() if v})
+    # Read back: each directory is listed from the descriptor its job holds, not by its path
+    # from the top of the mount (a LOOKUP per component), and each file is looked up once
+    # (pcopy.worker._Opened). Requests per file, measured: 16.8 before both, 12.3 after.
+    mount.reset()
+    report = pcopy(str(mount.mountpoint / "deep"), str(tmp_path / "back"))
+    read = mount.counters()
+    assert (report["files"], report["failed"]) == (sum(len(f) for _, _, f in os.walk(root)), 0)
+    assert_same_tree(before, tmp_path / "back", atime=False)
+    assert total_ops(read) / report["files"] < 13.5, str({k: v for k, v in read["ops"].items() if v})
 
 
 def test_a_change_made_behind_the_mount_is_seen_by_the_next_run(mount: SlowMount, src: Path, tmp_path: Path) -> None:
