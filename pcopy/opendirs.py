@@ -64,36 +64,58 @@ class OpenDirs:
         self.limit = limit
         self.lock = threading.Lock()
         self.held: OrderedDict[str, int] = OrderedDict()
+        self.opening: dict[str, threading.Event] = {}  # directories a thread is opening now
 
     def open(self, path: str) -> int | None:
         """A descriptor of directory path (None where it cannot be opened: then the caller uses
         full paths). The components below the nearest held ancestor are opened one by one and
         each is held: the same round trips as one open by full path, and the next directory
-        below any of them starts there."""
+        below any of them starts there. A component another thread is opening is waited for,
+        not opened twice (the threads of a job, or of the directory finish, reach the same
+        new directories at once: a LOOKUP each)."""
         chain = _ancestors(path)  # [top, ..., path]
-        try:
-            with self.lock:
-                depth, fd = self._nearest(chain)  # chain[depth] is held, or depth -1
-        except OSError:  # (no descriptor to be had: EMFILE)
-            return None
-        if depth == len(chain) - 1:
-            return fd
-        for below in chain[depth + 1:]:
+        while True:
             try:
-                opened = (os.open(os.path.basename(below), DIR_FLAGS, dir_fd=fd) if fd is not None
-                          else os.open(below, DIR_FLAGS))
-            except OSError:
-                opened = None
-            finally:
+                with self.lock:
+                    depth, fd = self._nearest(chain)  # chain[depth] is held, or depth -1
+                    if depth == len(chain) - 1:
+                        return fd
+                    below = chain[depth + 1]
+                    other = self.opening.get(below)
+                    if other is None:
+                        mine = self.opening[below] = threading.Event()
+            except OSError:  # (no descriptor to be had: EMFILE)
+                return None
+            if other is not None:
                 if fd is not None:
                     os.close(fd)
-            if opened is None:
-                return None
+                other.wait()  # (then held; or not, and this thread tries it)
+                continue
             try:
-                fd = self._hold(below, opened)
-            except OSError:  # (its duplicate: EMFILE; what was opened is held or closed)
+                fd = self._open_below(below, fd)
+            finally:
+                with self.lock:
+                    del self.opening[below]
+                mine.set()
+            if fd is None:
                 return None
-        return fd
+            os.close(fd)  # (held: the next round starts from it)
+
+    def _open_below(self, below: str, fd: int | None) -> int | None:
+        """Open directory below relative to fd, its parent's descriptor (closed here; None: by
+        full path) and hold it; a duplicate for the caller, or None."""
+        try:
+            opened = (os.open(os.path.basename(below), DIR_FLAGS, dir_fd=fd) if fd is not None
+                      else os.open(below, DIR_FLAGS))
+        except OSError:
+            return None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        try:
+            return self._hold(below, opened)
+        except OSError:  # (its duplicate: EMFILE; what was opened is held or closed)
+            return None
 
     def stat(self, path: str) -> os.stat_result | None:
         """fstat of directory path through open() (the directory stays held), or None where it
@@ -147,6 +169,7 @@ class OpenDirs:
         """In a forked child: let go of the parent's, without its lock (a thread of the parent
         may have held it at the fork, and that thread does not exist here)."""
         self.lock = threading.Lock()
+        self.opening = {}
         inherited, self.held = self.held, OrderedDict()
         for fd in inherited.values():
             with contextlib.suppress(OSError):
