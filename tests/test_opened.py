@@ -1,5 +1,8 @@
-"""A DirJob from a slow SRC into a new directory (pcopy.worker._Opened): each name stat'ed and
-copied in one pass, from one O_PATH lookup of it, instead of a stat phase and a copy phase.
+"""A DirJob from a SRC that caches no names (on one of CopyOptions.lookup_devs) into a new
+directory (pcopy.worker._Opened): each name stat'ed and copied in one pass, from one O_PATH
+lookup of it, instead of a stat phase and a copy phase. Here SRC's own device stands in for
+such a mount (its stats then take the attributes the kernel holds, which on a local file
+system are always current).
 Whatever a name turns out to be, the result must be the two phases' own: the same entries
 copied the same way, the same ones handed back to the parent, the same failures, the same
 counts on the bar."""
@@ -17,11 +20,12 @@ import pytest
 from conftest import SYSTEM_PYTHON, Nobody
 from treeutil import assert_same_tree, snapshot, temp_leftovers
 
-from pcopy import worker
+from pcopy import lookupstat, worker
 from pcopy.jobs import CopyOptions, DirJob, JobResult
 from pcopy.opendirs import HELD
 
-pytestmark = pytest.mark.skipif(not worker._REOPEN, reason="the one pass needs O_PATH and /proc/self/fd (Linux)")
+pytestmark = pytest.mark.skipif(not worker._REOPEN or not lookupstat._load_api(),
+                                reason="the one pass needs O_PATH, /proc/self/fd and statx (Linux)")
 
 SPLIT = 64 * 1024  # files larger than this are handed back (byte ranges)
 
@@ -56,11 +60,11 @@ def make_names(src: Path) -> tuple[str, ...]:
     return (*sorted(os.listdir(src)), "vanished")  # (listed, then gone before its stat)
 
 
-def run(src: Path, dst: Path, names: tuple[str, ...], *, one_pass: bool, job_bytes: int = 1 << 40,
+def run(src: Path, dst: Path, names: tuple[str, ...], *, job_bytes: int = 1 << 40,
         dereference: bool = False) -> tuple[JobResult, Queue]:
     dst.mkdir()
     queue = Queue()
-    options = CopyOptions(read_threads=2 if one_pass else 0, dereference=dereference)
+    options = CopyOptions(read_threads=2, lookup_devs=(os.stat(src).st_dev,), dereference=dereference)
     try:
         result = worker.run_job(DirJob(1, str(src), str(dst), names, False, SPLIT, job_bytes, True, options), queue)
     finally:
@@ -88,9 +92,11 @@ def test_one_pass_does_what_the_two_phases_do(tmp_path: Path, monkeypatch: pytes
         real(self, name, part)
 
     monkeypatch.setattr(worker._Opened, "copy", counted)
-    two, two_queue = run(src, tmp_path / "two", names, one_pass=False, dereference=dereference)
+    with monkeypatch.context() as patched:
+        patched.setattr(worker, "_REOPEN", False)  # (as on a platform without it: the two phases)
+        two, two_queue = run(src, tmp_path / "two", names, dereference=dereference)
     assert passes == []
-    one, one_queue = run(src, tmp_path / "one", names, one_pass=True, dereference=dereference)
+    one, one_queue = run(src, tmp_path / "one", names, dereference=dereference)
     assert sorted(passes) == sorted(names)
 
     assert outcome(one, tmp_path / "one") == outcome(two, tmp_path / "two")
@@ -121,7 +127,7 @@ def test_the_byte_budget_hands_back_what_does_not_fit(tmp_path: Path) -> None:
         (src / f"f{i:02d}").write_bytes(os.urandom(1000))
     (src / "empty").touch()
     names = tuple(sorted(os.listdir(src)))
-    result, queue = run(src, tmp_path / "dst", names, one_pass=True, job_bytes=10_500)
+    result, queue = run(src, tmp_path / "dst", names, job_bytes=10_500)
     copied = {n for n in names if (tmp_path / "dst" / n).exists()}
     handed = {os.path.basename(t.src) for t in result.handed_back}
     assert len(copied - {"empty"}) == 10 and "empty" in copied, copied
@@ -141,16 +147,17 @@ def test_an_unreadable_file_fails_alone_as_it_does_by_name(nobody: Nobody, world
     for path in (src, dst, src / "secret", src / "open"):
         nobody.own(path)
     os.chmod(src / "secret", 0)
-    script = ("import sys; from pcopy import worker; from pcopy.jobs import CopyOptions, DirJob; "
+    script = ("import os, sys; from pcopy import worker; from pcopy.jobs import CopyOptions, DirJob\n"
+              "passes = []; one = worker._Opened.copy\n"
+              "worker._Opened.copy = lambda self, name, part: (passes.append(name), one(self, name, part))\n"
               "r = worker.run_job(DirJob(1, sys.argv[1], sys.argv[2], ('open', 'secret'), False, 1 << 20, 1 << 40, "
-              "True, CopyOptions(read_threads=2))); "
-              "print(r.files, [(f.path.rsplit('/', 1)[1], f.errno, f.step) for f in r.failures], "
-              "worker._REOPEN)")
+              "True, CopyOptions(read_threads=2, lookup_devs=(os.stat(sys.argv[1]).st_dev,))))\n"
+              "print(r.files, [(f.path.rsplit('/', 1)[1], f.errno, f.step) for f in r.failures], len(passes))")
     run = subprocess.run(["setpriv", f"--reuid={nobody.uid}", f"--regid={nobody.gid}", "--clear-groups",
                           SYSTEM_PYTHON, "-c", script, str(src), str(dst)], capture_output=True, text=True,
                          env={"PYTHONPATH": str(nobody.pythonpath), "PATH": "/usr/bin:/bin"}, cwd="/",
                          timeout=60, check=False)
     assert run.returncode == 0, run.stderr
-    assert run.stdout == "1 [('secret', 13, 'open')] True\n", run.stdout
+    assert run.stdout == "1 [('secret', 13, 'open')] 2\n", run.stdout  # (2: both names in one pass)
     assert (dst / "open").read_bytes() == b"yes" and not (dst / "secret").exists()
     assert temp_leftovers(dst) == []
