@@ -144,7 +144,7 @@ class Directories:
             found = self._look(threads, at)
             if threads <= 1:
                 for dst, entry in reversed(self.made):
-                    self._finish_one(dst, entry, at, owners.get(entry.rel), found.get(entry.rel))
+                    self._finish_one(dst, entry, at, owners.get(entry.rel), found.get(entry.rel), slow=False)
                 return
             for level in _deepest_first(self.made):
                 pcopy.threads.each(level, lambda item, _part: self._finish_one(
@@ -199,7 +199,7 @@ class Directories:
         return owners
 
     def _finish_one(self, dst: str, entry: Entry, at: _RootRelative, owner: tuple[int, int] | None,
-                    found: os.stat_result | None) -> None:
+                    found: os.stat_result | None, slow: bool = True) -> None:
         config = self.config
         mode = entry.mode if config.preserve_perms else masked_mode(entry.mode, current_umask())
         task = EntryTask(entry.src, dst, Kind.DIR, 0, mode, entry.uid, entry.gid,
@@ -213,12 +213,13 @@ class Directories:
         try:
             if entry.rel not in self.fresh and self._up_to_date(name, dir_fd, task, found):
                 return  # an up-to-date re-run writes nothing, not even directory times
-            # The directory itself, opened relative to its nearest held ancestor (a level's
-            # parents stay held for the next, shallower level), so that its three calls resolve
-            # no name. Relative to DST's root each would look up every component on a network
-            # or FUSE file system without name caching (delayfs, a tree 6 deep: ~18 requests
-            # per directory, against 1).
-            if dir_fd is not None and (itself := HELD.open(dst)) is not None:
+            # On slow storage, the directory itself, opened relative to its nearest held
+            # ancestor (a level's parents stay held for the next, shallower level), so that its
+            # three calls resolve no name. Relative to DST's root each would look up every
+            # component on a network or FUSE file system without name caching (delayfs, a tree
+            # 6 deep: ~18 requests per directory, against 1). On a local one a path costs less
+            # than holding it.
+            if slow and dir_fd is not None and (itself := HELD.open(dst)) is not None:
                 dir_fd, name = itself, "."
             if config.preserve_xattrs:
                 copy_xattrs(entry.src, dst, follow_symlinks=True)
