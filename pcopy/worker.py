@@ -373,13 +373,21 @@ READ_SPLIT_MIN_BYTES = 4 * 1024 * 1024
 READ_PART_MIN_BYTES = 2 * 1024 * 1024  # no thread gets less
 FADVISE_MIN_BYTES = 128 * 1024  # from here a slow SRC is read with a doubled read-ahead window
 _FADVISE = getattr(os, "posix_fadvise", None)
+_PAGE = 4096  # (the smallest page size: a file no larger is one page, one READ)
 
 
 def copy_bytes(src_fd: int, dst_fd: int, offset: int, length: int | None, fast: bool, buffer_bytes: int,
                on_bytes: Callable[[int], None], devices: tuple[int, int] | None, dst_at_offset: bool,
                slow_dst: bool, read_threads: int) -> int:
     """copy_range with what the storage calls for (CopyOptions.slow_dst, read_threads)."""
-    if read_threads > 1 and fast and length is not None and length > FADVISE_MIN_BYTES:
+    if read_threads > 1 and fast and length is not None and _PAGE < length <= FADVISE_MIN_BYTES and _FADVISE:
+        # The whole small file asked for at once: FUSE drops a first read-ahead while its
+        # queue is congested (fuse_readahead), and the pages are then read one by one, a
+        # READ each (delayfs, 1,000 files of 0.2-8 KiB in 100 directories: 1.27 READs per
+        # file). A read-ahead asked for is not dropped.
+        with contextlib.suppress(OSError):
+            _FADVISE(src_fd, offset, length, os.POSIX_FADV_WILLNEED)
+    elif read_threads > 1 and fast and length is not None and length > FADVISE_MIN_BYTES:
         if _FADVISE is not None:
             with contextlib.suppress(OSError):  # (as cp does: the kernel reads further ahead)
                 _FADVISE(src_fd, offset, length, os.POSIX_FADV_SEQUENTIAL)

@@ -287,3 +287,35 @@ def test_reading_in_threads_counts_a_source_that_shrank(tmp_path: Path) -> None:
     finally:
         os.close(s)
         os.close(d)
+
+
+@pytest.mark.parametrize(("size", "read_threads", "advice"), [
+    (6000, 4, "willneed"),  # a small file from a slow SRC: asked for whole (one READ on FUSE)
+    (100, 4, None),  # within one page: nothing to split
+    (1 << 20, 4, "sequential"),  # past the read-ahead window: a larger window instead
+    (6000, 0, None),  # a local SRC: the kernel's own read-ahead
+])
+def test_a_file_from_a_slow_source_is_asked_for_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      size: int, read_threads: int, advice: str | None) -> None:
+    """FUSE drops a first read-ahead while its queue is congested, and the pages of a small
+    file are then read one by one, a request each: a small file from slow storage is asked for
+    whole with POSIX_FADV_WILLNEED first. The copy is the same either way."""
+    if pcopy.worker._FADVISE is None:
+        pytest.skip("no posix_fadvise here")
+    names = {os.POSIX_FADV_WILLNEED: "willneed", os.POSIX_FADV_SEQUENTIAL: "sequential"}
+    given: list[tuple[int, int, str]] = []
+    real = pcopy.worker._FADVISE
+    monkeypatch.setattr(pcopy.worker, "_FADVISE", lambda fd, offset, length, how: (
+        given.append((offset, length, names.get(how, str(how)))), real(fd, offset, length, how)))
+    data = os.urandom(size)
+    (tmp_path / "src").write_bytes(data)
+    s = os.open(tmp_path / "src", os.O_RDONLY)
+    d = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert pcopy.worker.copy_bytes(s, d, 0, size, True, 1 << 20, lambda n: None, None, True, False,
+                                       read_threads) == size
+    finally:
+        os.close(s)
+        os.close(d)
+    assert (tmp_path / "dst").read_bytes() == data
+    assert given == ([] if advice is None else [(0, size, advice)])
