@@ -380,11 +380,13 @@ def copy_bytes(src_fd: int, dst_fd: int, offset: int, length: int | None, fast: 
                on_bytes: Callable[[int], None], devices: tuple[int, int] | None, dst_at_offset: bool,
                slow_dst: bool, read_threads: int) -> int:
     """copy_range with what the storage calls for (CopyOptions.slow_dst, read_threads)."""
-    if read_threads > 1 and fast and length is not None and _PAGE < length <= FADVISE_MIN_BYTES and _FADVISE:
+    if (read_threads > 1 and fast and length is not None and _PAGE < length <= FADVISE_MIN_BYTES and _FADVISE
+            and devices is not None and devices[0] != devices[1]):
         # The whole small file asked for at once: FUSE drops a first read-ahead while its
         # queue is congested (fuse_readahead), and the pages are then read one by one, a
         # READ each (delayfs, 1,000 files of 0.2-8 KiB in 100 directories: 1.27 READs per
-        # file). A read-ahead asked for is not dropped.
+        # file). A read-ahead asked for is not dropped. (Not within one file system: there
+        # copy_file_range may have the server copy it, with no READ at all.)
         with contextlib.suppress(OSError):
             _FADVISE(src_fd, offset, length, os.POSIX_FADV_WILLNEED)
     elif read_threads > 1 and fast and length is not None and length > FADVISE_MIN_BYTES:

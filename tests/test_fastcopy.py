@@ -289,14 +289,16 @@ def test_reading_in_threads_counts_a_source_that_shrank(tmp_path: Path) -> None:
         os.close(d)
 
 
-@pytest.mark.parametrize(("size", "read_threads", "advice"), [
-    (6000, 4, "willneed"),  # a small file from a slow SRC: asked for whole (one READ on FUSE)
-    (100, 4, None),  # within one page: nothing to split
-    (1 << 20, 4, "sequential"),  # past the read-ahead window: a larger window instead
-    (6000, 0, None),  # a local SRC: the kernel's own read-ahead
+@pytest.mark.parametrize(("size", "read_threads", "devices", "advice"), [
+    (6000, 4, (1, 2), "willneed"),  # a small file from a slow SRC: asked for whole (one READ on FUSE)
+    (100, 4, (1, 2), None),  # within one page: nothing to split
+    (1 << 20, 4, (1, 2), "sequential"),  # past the read-ahead window: a larger window instead
+    (6000, 0, (1, 2), None),  # a local SRC: the kernel's own read-ahead
+    (6000, 4, (1, 1), None),  # within one file system: copy_file_range may need no READ at all
 ])
-def test_a_file_from_a_slow_source_is_asked_for_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      size: int, read_threads: int, advice: str | None) -> None:
+def test_a_file_from_a_slow_source_is_asked_for_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int,
+                                                      read_threads: int, devices: tuple[int, int],
+                                                      advice: str | None) -> None:
     """FUSE drops a first read-ahead while its queue is congested, and the pages of a small
     file are then read one by one, a request each: a small file from slow storage is asked for
     whole with POSIX_FADV_WILLNEED first. The copy is the same either way."""
@@ -312,7 +314,7 @@ def test_a_file_from_a_slow_source_is_asked_for_whole(tmp_path: Path, monkeypatc
     s = os.open(tmp_path / "src", os.O_RDONLY)
     d = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        assert pcopy.worker.copy_bytes(s, d, 0, size, True, 1 << 20, lambda n: None, None, True, False,
+        assert pcopy.worker.copy_bytes(s, d, 0, size, True, 1 << 20, lambda n: None, devices, True, False,
                                        read_threads) == size
     finally:
         os.close(s)
