@@ -35,6 +35,8 @@ DIR_FLAGS = getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getatt
 # 1,024, 64 of macOS's 256), and pcopy.threads leaves them out of what its threads may use.
 HELD_DIRS = 256
 MIN_HELD = 16
+# How long a thread waits for a directory another thread is opening before it opens it too.
+OPEN_WAIT_S = 1.0
 
 
 def descriptor_limit() -> int | None:
@@ -82,21 +84,26 @@ class OpenDirs:
                         return fd
                     below = chain[depth + 1]
                     other = self.opening.get(below)
-                    if other is None:
+                    if other is None or other.is_set():  # (set: given up on, or its opener stopped)
                         mine = self.opening[below] = threading.Event()
+                        other = None
             except OSError:  # (no descriptor to be had: EMFILE)
                 return None
             if other is not None:
                 if fd is not None:
                     os.close(fd)
-                other.wait()  # (then held; or not, and this thread tries it)
+                # Then held; or not (it could not be opened), and this thread tries it. An
+                # opener that does not finish (a stop signal in its clean-up) is given up on.
+                if not other.wait(OPEN_WAIT_S):
+                    other.set()
                 continue
             try:
                 fd = self._open_below(below, fd)
             finally:
+                mine.set()  # (first: a signal before the removal leaves it set, taken over)
                 with self.lock:
-                    del self.opening[below]
-                mine.set()
+                    if self.opening.get(below) is mine:
+                        del self.opening[below]
             if fd is None:
                 return None
             os.close(fd)  # (held: the next round starts from it)

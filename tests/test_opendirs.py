@@ -198,6 +198,27 @@ def test_a_directory_that_cannot_be_opened_fails_every_thread_waiting_for_it(tmp
     dirs.clear()
 
 
+def test_an_opener_that_never_finishes_is_given_up_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread stopped in its clean-up (a second stop signal) may never say it is done: the
+    threads waiting for that directory open it themselves after OPEN_WAIT_S, not never."""
+    import pcopy.opendirs
+
+    (tmp_path / "a").mkdir()
+    dirs = OpenDirs()
+    top = dirs.open(str(tmp_path))
+    assert top is not None
+    os.close(top)
+    dirs.opening[str(tmp_path / "a")] = threading.Event()  # an opener that went away
+    monkeypatch.setattr(pcopy.opendirs, "OPEN_WAIT_S", 0.05)
+    started = time.monotonic()
+    fd = dirs.open(str(tmp_path / "a"))
+    assert fd is not None and same_dir(fd, tmp_path / "a")
+    assert 0.05 <= time.monotonic() - started < 5
+    os.close(fd)
+    assert not dirs.opening
+    dirs.clear()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_a_forked_worker_starts_empty_even_with_the_lock_held_at_the_fork(tmp_path: Path) -> None:
     """A pool worker (respawned mid-run too) is forked while a thread of the parent may be in
