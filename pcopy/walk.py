@@ -88,44 +88,40 @@ def list_dir(path: str, rel: str, *, dereference: bool, on_error: OnError,
     (a directory 6 levels below SRC: 7 requests, against none from the descriptor)."""
     names: list[str] = []
     dirs: list[str] = []
+    fd = None
     try:
-        # "." from the descriptor: the directory itself, no name to look up. Open while its
-        # entries are read: a DirEntry stats relative to it (is_dir of a symlink, or where the
-        # file system gives no d_type).
-        fd = (os.open(".", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
-              if dir_fd is not None and _LIST_FD else None)
+        if dir_fd is not None and _LIST_FD:
+            # "." from the descriptor: the directory itself, no name to look up. Open while its
+            # entries are read: a DirEntry stats relative to it (is_dir of a symlink, or where
+            # the file system gives no d_type); scandir lists a duplicate of it.
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+        listing = os.scandir(path if fd is None else fd)
     except OSError as exc:
         on_error(path, exc)
+        if fd is not None:
+            os.close(fd)
         return names, dirs
     try:
-        _read(os.scandir(path if fd is None else fd), path, rel, dereference, on_error, excluded, names, dirs)
-    except OSError as exc:
-        on_error(path, exc)
+        with listing:
+            while True:
+                try:
+                    item = next(listing, None)
+                except OSError as exc:
+                    on_error(path, exc)
+                    break
+                if item is None:
+                    break
+                try:
+                    is_dir = item.is_dir(follow_symlinks=dereference)
+                except OSError:
+                    is_dir = False  # the worker's own stat will report what is wrong with it
+                if excluded is not None and excluded(f"{rel}/{item.name}" if rel else item.name, is_dir):
+                    continue
+                (dirs if is_dir else names).append(item.name)
     finally:
         if fd is not None:
             os.close(fd)
     return names, dirs
 
 
-# (scandir lists a duplicate of a descriptor it is given, and stats relative to the original)
 _LIST_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
-
-
-def _read(listing: os._ScandirIterator[str], path: str, rel: str, dereference: bool, on_error: OnError,
-          excluded: Excluded | None, names: list[str], dirs: list[str]) -> None:
-    with listing:
-        while True:
-            try:
-                item = next(listing, None)
-            except OSError as exc:
-                on_error(path, exc)
-                break
-            if item is None:
-                break
-            try:
-                is_dir = item.is_dir(follow_symlinks=dereference)
-            except OSError:
-                is_dir = False  # the worker's own stat will report what is wrong with it
-            if excluded is not None and excluded(f"{rel}/{item.name}" if rel else item.name, is_dir):
-                continue
-            (dirs if is_dir else names).append(item.name)

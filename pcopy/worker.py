@@ -380,23 +380,31 @@ def copy_bytes(src_fd: int, dst_fd: int, offset: int, length: int | None, fast: 
                on_bytes: Callable[[int], None], devices: tuple[int, int] | None, dst_at_offset: bool,
                slow_dst: bool, read_threads: int) -> int:
     """copy_range with what the storage calls for (CopyOptions.slow_dst, read_threads)."""
-    if (read_threads > 1 and fast and length is not None and _PAGE < length <= FADVISE_MIN_BYTES and _FADVISE
-            and devices is not None and devices[0] != devices[1]):
-        # The whole small file asked for at once: FUSE drops a first read-ahead while its
-        # queue is congested (fuse_readahead), and the pages are then read one by one, a
-        # READ each (delayfs, 1,000 files of 0.2-8 KiB in 100 directories: 1.27 READs per
-        # file). A read-ahead asked for is not dropped. (Not within one file system: there
-        # copy_file_range may have the server copy it, with no READ at all.)
-        with contextlib.suppress(OSError):
-            _FADVISE(src_fd, offset, length, os.POSIX_FADV_WILLNEED)
-    elif read_threads > 1 and fast and length is not None and length > FADVISE_MIN_BYTES:
-        if _FADVISE is not None:
-            with contextlib.suppress(OSError):  # (as cp does: the kernel reads further ahead)
-                _FADVISE(src_fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
+    if read_threads > 1 and fast and length is not None:
+        _advise(src_fd, offset, length, devices)
         if length >= READ_SPLIT_MIN_BYTES:
             return read_in_threads(src_fd, dst_fd, offset, length, read_threads, on_bytes)
     return copy_range(src_fd, dst_fd, offset, length, use_fast_paths=fast, buffer_bytes=buffer_bytes,
                       on_bytes=on_bytes, devices=devices, dst_at_offset=dst_at_offset, slow_dst=slow_dst)
+
+
+def _advise(src_fd: int, offset: int, length: int, devices: tuple[int, int] | None) -> None:
+    """Tell the kernel how a range of a file from a slow SRC will be read."""
+    if _FADVISE is None:
+        return
+    if length > FADVISE_MIN_BYTES:
+        advice = os.POSIX_FADV_SEQUENTIAL  # (as cp does: the kernel reads further ahead)
+    elif length > _PAGE and devices is not None and devices[0] != devices[1]:
+        # The whole small file asked for at once: FUSE drops a first read-ahead while its queue
+        # is congested (fuse_readahead), and the pages are then read one by one, a READ each
+        # (delayfs, 1,000 files of 0.2-8 KiB in 100 directories: 1.27 READs per file). A
+        # read-ahead asked for is not dropped. (Not within one file system: there
+        # copy_file_range may have the server copy it, with no READ at all.)
+        advice = os.POSIX_FADV_WILLNEED
+    else:
+        return
+    with contextlib.suppress(OSError):
+        _FADVISE(src_fd, offset, length, advice)
 
 
 def read_in_threads(src_fd: int, dst_fd: int, offset: int, length: int, most: int,

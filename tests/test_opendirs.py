@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,24 @@ def open_fds() -> int:
 def same_dir(fd: int, path: Path) -> bool:
     held, there = os.fstat(fd), os.stat(path)
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+def in_threads(work: Callable[[int], None], count: int) -> None:
+    """work(0) ... work(count - 1), each on a thread of its own, all at once."""
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def check_open(dirs: OpenDirs, path: Path, wrong: list[Path]) -> None:
+    """Open path through dirs; a descriptor of anything else (or none) goes to wrong."""
+    fd = dirs.open(str(path))
+    if fd is None or not same_dir(fd, path):
+        wrong.append(path)
+    if fd is not None:
+        os.close(fd)
 
 
 def test_ancestors_from_the_top() -> None:
@@ -110,18 +129,9 @@ def test_threads_at_once(tmp_path: Path) -> None:
 
     def work(offset: int) -> None:
         for k in range(200):
-            path = paths[(k * 7 + offset) % len(paths)]
-            fd = dirs.open(str(path))
-            if fd is None or not same_dir(fd, path):
-                wrong.append(path)
-            if fd is not None:
-                os.close(fd)
+            check_open(dirs, paths[(k * 7 + offset) % len(paths)], wrong)
 
-    workers = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
+    in_threads(work, 8)
     assert not wrong
     assert len(dirs.held) <= 8
     dirs.clear()
@@ -156,17 +166,9 @@ def test_threads_reaching_the_same_new_directories_open_each_once(tmp_path: Path
 
     def work(n: int) -> None:
         start.wait()
-        fd = dirs.open(str(leaves[n % 4]))
-        if fd is None or not same_dir(fd, leaves[n % 4]):
-            wrong.append(leaves[n % 4])
-        if fd is not None:
-            os.close(fd)
+        check_open(dirs, leaves[n % 4], wrong)
 
-    workers = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
+    in_threads(work, 16)
     monkeypatch.undo()
     assert not wrong
     assert sorted(opened) == ["a", "b", "c", "d0", "d1", "d2", "d3"], opened
@@ -187,12 +189,7 @@ def test_a_directory_that_cannot_be_opened_fails_every_thread_waiting_for_it(tmp
 
     monkeypatch.setattr(os, "open", refused)
     results: list[int | None] = []
-    workers = [threading.Thread(target=lambda: results.append(dirs.open(str(tmp_path / "a" / "b"))))
-               for _ in range(6)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
+    in_threads(lambda _n: results.append(dirs.open(str(tmp_path / "a" / "b"))), 6)
     monkeypatch.undo()
     assert results == [None] * 6 and not dirs.opening
     dirs.clear()
